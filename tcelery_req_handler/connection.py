@@ -1,0 +1,387 @@
+"""One AMQP connection, driven by pika on the asyncio loop.
+
+It owns three channels, each with one job, so that a broker error on one cannot hurt the others:
+
+* ``declare``: queue and exchange declarations (a PRECONDITION_FAILED closes only this one);
+* ``publish``: confirm mode; every publish returns a future that the broker's ack resolves;
+* ``consume``: the producer's reply queue, acknowledged in batches once per loop turn.
+
+It never reconnects by itself: when the connection dies it fails everything in flight and
+tells its owner (the :class:`~tcelery_req_handler.producer.Producer`), which decides what next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import pika
+from pika.adapters.asyncio_connection import AsyncioConnection
+from pika.spec import Basic, BasicProperties
+
+from ._aio import wait_bounded
+from .errors import BrokerUnavailable, PublishError
+from .messages import QueueDeclaration, TaskMessage
+
+log = logging.getLogger(__name__)
+
+#: ``on_message(correlation_id, content_type, content_encoding, body)``
+ReplyCallback = Callable[[str | None, str | None, str | None, bytes], None]
+
+
+class _Channel:
+    """A pika channel whose RPCs are awaitable, and fail instead of hanging when it closes."""
+
+    def __init__(self, connection: BrokerConnection, name: str) -> None:
+        self.connection = connection
+        self.name = name
+        self.channel: Any = None
+        self._rpcs: set[asyncio.Future[Any]] = set()
+
+    async def open(self) -> None:
+        opened: asyncio.Future[Any] = self.connection.loop.create_future()
+        self._track(opened)
+        self.connection.pika.channel(on_open_callback=_resolver(opened))
+        self.channel = await opened
+        self.channel.add_on_close_callback(self._on_close)
+        await self.setup()
+
+    async def setup(self) -> None:
+        """Hook for channel-level setup (confirm mode, qos) after each open."""
+
+    @property
+    def is_open(self) -> bool:
+        return self.channel is not None and bool(self.channel.is_open)
+
+    def rpc(self, method: str, **kwargs: Any) -> asyncio.Future[Any]:
+        """Call a pika channel method that takes ``callback=``; the future gets its reply frame."""
+        fut: asyncio.Future[Any] = self.connection.loop.create_future()
+        if not self.is_open:
+            fut.set_exception(self._closed_error("channel is not open"))
+            return fut
+        self._track(fut)
+        getattr(self.channel, method)(callback=_resolver(fut), **kwargs)
+        return fut
+
+    def _track(self, fut: asyncio.Future[Any]) -> None:
+        self._rpcs.add(fut)
+        fut.add_done_callback(self._rpcs.discard)
+
+    def _closed_error(self, reason: object) -> Exception:
+        if not self.connection.is_open:
+            return BrokerUnavailable(f"connection to the broker lost: {reason}")
+        return PublishError(f"{self.name} channel closed by the broker: {reason}")
+
+    def _on_close(self, _channel: Any, reason: BaseException) -> None:
+        error = self._closed_error(reason)
+        for fut in list(self._rpcs):
+            if not fut.done():
+                fut.set_exception(error)
+        self.on_closed(error)
+        if self.connection.is_open and not self.connection.closing:
+            log.warning("%s channel closed (%s); reopening", self.name, reason)
+            self.connection.spawn(self.open())
+
+    def on_closed(self, error: Exception) -> None:
+        """Hook: fail whatever else depends on this channel."""
+
+
+class _PublishChannel(_Channel):
+    """Confirm-mode channel: each publish resolves when the broker acks (or fails on nack)."""
+
+    def __init__(self, connection: BrokerConnection) -> None:
+        super().__init__(connection, "publish")
+        self._next_tag = 0
+        self._unconfirmed: dict[int, tuple[asyncio.Future[None], str]] = {}
+        self._order: deque[int] = deque()
+        self._returned: dict[str, str] = {}
+
+    async def setup(self) -> None:
+        self._next_tag = 0
+        self.channel.add_on_return_callback(self._on_return)
+        selected: asyncio.Future[Any] = self.connection.loop.create_future()
+        self._track(selected)
+        self.channel.confirm_delivery(self._on_confirm, callback=_resolver(selected))
+        await selected
+
+    def publish(self, message: TaskMessage) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = self.connection.loop.create_future()
+        if not self.is_open:
+            fut.set_exception(self._closed_error("channel is not open"))
+            return fut
+        props = BasicProperties(headers=message.headers, **message.properties)
+        self.channel.basic_publish(message.exchange, message.routing_key, message.body,
+                                   props, mandatory=True)
+        self._next_tag += 1
+        self._unconfirmed[self._next_tag] = (fut, message.task_id)
+        self._order.append(self._next_tag)
+        return fut
+
+    def _on_return(self, _ch: Any, method: Any, properties: Any, _body: bytes) -> None:
+        if properties.correlation_id:
+            self._returned[properties.correlation_id] = (
+                f"{method.reply_text} (exchange {method.exchange!r}, "
+                f"routing key {method.routing_key!r})")
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        ok = isinstance(method, Basic.Ack)
+        if method.multiple:
+            order, pending = self._order, self._unconfirmed
+            while order and order[0] <= method.delivery_tag:
+                entry = pending.pop(order.popleft(), None)
+                if entry is not None:
+                    self._settle(entry, ok)
+        else:
+            entry = self._unconfirmed.pop(method.delivery_tag, None)
+            if entry is not None:
+                self._settle(entry, ok)
+
+    def _settle(self, entry: tuple[asyncio.Future[None], str], ok: bool) -> None:
+        fut, task_id = entry
+        if fut.done():
+            return
+        returned = self._returned.pop(task_id, None) if self._returned else None
+        if returned is not None:
+            fut.set_exception(PublishError(f"message unroutable: {returned}", task_id=task_id))
+        elif ok:
+            fut.set_result(None)
+        else:
+            fut.set_exception(PublishError("broker nacked the message", task_id=task_id))
+
+    def on_closed(self, error: Exception) -> None:
+        pending, self._unconfirmed = self._unconfirmed, {}
+        self._order.clear()
+        self._returned.clear()
+        for fut, _task_id in pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+
+
+class _ConsumeChannel(_Channel):
+    """Consumes the reply queue, acking in one batch per loop turn."""
+
+    def __init__(self, connection: BrokerConnection, prefetch: int) -> None:
+        super().__init__(connection, "consume")
+        self.prefetch = prefetch
+        self._queue: tuple[QueueDeclaration, ReplyCallback] | None = None
+        self._last_tag = 0
+        self._ack_scheduled = False
+
+    async def setup(self) -> None:
+        self._last_tag = 0
+        await self.rpc("basic_qos", prefetch_count=self.prefetch)
+        if self._queue is not None:
+            await self._start(*self._queue)
+
+    async def consume(self, queue: QueueDeclaration, on_message: ReplyCallback) -> None:
+        self._queue = (queue, on_message)
+        await self._start(queue, on_message)
+
+    async def _start(self, queue: QueueDeclaration, on_message: ReplyCallback) -> None:
+        await self.rpc("queue_declare", queue=queue.name, durable=queue.durable,
+                       exclusive=queue.exclusive, auto_delete=queue.auto_delete,
+                       arguments=queue.arguments)
+
+        def deliver(_ch: Any, method: Any, props: Any, body: bytes) -> None:
+            self._last_tag = method.delivery_tag
+            if not self._ack_scheduled:
+                self._ack_scheduled = True
+                self.connection.loop.call_soon(self._flush_acks)
+            try:
+                on_message(props.correlation_id, props.content_type, props.content_encoding, body)
+            except Exception:  # a bad reply must never kill the consumer
+                log.exception("reply handler failed for correlation id %s", props.correlation_id)
+
+        consumed: asyncio.Future[Any] = self.connection.loop.create_future()
+        self._track(consumed)
+        self.channel.basic_consume(queue.name, deliver, auto_ack=False,
+                                   callback=_resolver(consumed))
+        self.channel.add_on_cancel_callback(self._on_cancelled)
+        await consumed
+
+    def _flush_acks(self) -> None:
+        self._ack_scheduled = False
+        if self.is_open and self._last_tag:
+            self.channel.basic_ack(self._last_tag, multiple=True)
+
+    def _on_cancelled(self, _frame: Any) -> None:
+        # The broker dropped our consumer (e.g. the reply queue was deleted): start over.
+        log.warning("reply consumer cancelled by the broker; reconnecting")
+        self.connection.abort("reply consumer cancelled by the broker")
+
+
+class BrokerConnection:
+    """An open AMQP connection with its declare, publish and consume channels."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, prefetch: int,
+                 on_lost: Callable[[BaseException], None]) -> None:
+        self.loop = loop
+        self.pika: Any = None
+        self.closing = False
+        self.blocked = False
+        self._on_lost = on_lost
+        self._opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._unblocked: asyncio.Future[None] = loop.create_future()
+        self._declared: dict[str, asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.declare_channel = _Channel(self, "declare")
+        self.publish_channel = _PublishChannel(self)
+        self.consume_channel = _ConsumeChannel(self, prefetch)
+
+    @classmethod
+    async def open(cls, parameters: pika.ConnectionParameters, *, timeout: float,
+                   prefetch: int, on_lost: Callable[[BaseException], None]) -> BrokerConnection:
+        """Connect and open the channels; raise BrokerUnavailable within ``timeout``."""
+        loop = asyncio.get_running_loop()
+        self = cls(loop, prefetch, on_lost)
+        self.pika = AsyncioConnection(
+            parameters, on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_close, custom_ioloop=loop)
+        try:
+            await wait_bounded(self._opened, timeout)
+            self.pika.add_on_connection_blocked_callback(self._on_blocked)
+            self.pika.add_on_connection_unblocked_callback(self._on_unblocked)
+            for channel in (self.declare_channel, self.publish_channel, self.consume_channel):
+                await wait_bounded(asyncio.ensure_future(channel.open()), timeout)
+        except TimeoutError:
+            self.abort("timed out")
+            raise BrokerUnavailable(f"could not reach the broker within {timeout:g}s") from None
+        except BaseException:
+            self.abort("open failed")
+            raise
+        return self
+
+    @property
+    def is_open(self) -> bool:
+        return self.pika is not None and bool(self.pika.is_open) and not self.closing
+
+    def spawn(self, coro: Any) -> None:
+        """Run a background coroutine tied to this connection's life."""
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("channel reopen failed: %s", exc)
+            self.abort(f"channel reopen failed: {exc}")
+
+    # -- pika callbacks ------------------------------------------------------------------
+    def _on_open(self, _conn: Any) -> None:
+        if not self._opened.done():
+            self._opened.set_result(None)
+
+    def _on_open_error(self, _conn: Any, error: BaseException) -> None:
+        if not self._opened.done():
+            self._opened.set_exception(BrokerUnavailable(f"cannot connect to the broker: "
+                                                         f"{error!r}"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _on_close(self, _conn: Any, reason: BaseException) -> None:
+        was_closing = self.closing
+        self.closing = True
+        error = BrokerUnavailable(f"connection to the broker lost: {reason!r}")
+        if not self._opened.done():
+            self._opened.set_exception(error)
+        for channel in (self.declare_channel, self.publish_channel, self.consume_channel):
+            channel._on_close(None, reason)
+        for fut in self._declared.values():
+            if not fut.done():
+                fut.set_exception(error)
+        if not self._unblocked.done():
+            self._unblocked.set_exception(error)
+            self._unblocked.exception()  # mark retrieved
+        for task in list(self._tasks):
+            task.cancel()
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if not was_closing:
+            self._on_lost(reason)
+
+    def _on_blocked(self, _conn: Any, frame: Any) -> None:
+        log.warning("broker blocked publishing: %s", getattr(frame.method, "reason", ""))
+        self.blocked = True
+        if self._unblocked.done():
+            self._unblocked = self.loop.create_future()
+
+    def _on_unblocked(self, _conn: Any, _frame: Any) -> None:
+        log.info("broker unblocked publishing")
+        self.blocked = False
+        if not self._unblocked.done():
+            self._unblocked.set_result(None)
+
+    # -- operations ----------------------------------------------------------------------
+    async def wait_unblocked(self, timeout: float) -> None:
+        """Wait for the broker to lift a resource alarm; BrokerUnavailable after ``timeout``."""
+        try:
+            await wait_bounded(self._unblocked, timeout)
+        except TimeoutError:
+            raise BrokerUnavailable(f"broker has blocked publishing (resource alarm) for more "
+                                    f"than {timeout:g}s", retry_after=5.0) from None
+
+    async def declare(self, queue: QueueDeclaration) -> None:
+        """Declare a queue, its exchanges and bindings once per connection."""
+        done = self._declared.get(queue.name)
+        if done is None or (done.done() and done.exception() is not None):
+            done = self._declared[queue.name] = self.loop.create_future()
+            try:
+                ch = self.declare_channel
+                for name, kind, durable, auto_delete, arguments in queue.exchanges:
+                    await ch.rpc("exchange_declare", exchange=name, exchange_type=kind,
+                                 durable=durable, auto_delete=auto_delete, arguments=arguments)
+                await ch.rpc("queue_declare", queue=queue.name, durable=queue.durable,
+                             exclusive=queue.exclusive, auto_delete=queue.auto_delete,
+                             arguments=queue.arguments)
+                for exchange, key, arguments in queue.bindings:
+                    await ch.rpc("queue_bind", queue=queue.name, exchange=exchange,
+                                 routing_key=key, arguments=arguments)
+            except BaseException as exc:
+                if not done.done():
+                    done.set_exception(exc)
+                    done.exception()
+                raise
+            if not done.done():
+                done.set_result(None)
+        await done
+
+    def publish(self, message: TaskMessage) -> asyncio.Future[None]:
+        """Publish with ``mandatory``; the future resolves when the broker confirms."""
+        return self.publish_channel.publish(message)
+
+    async def consume(self, queue: QueueDeclaration, on_message: ReplyCallback) -> None:
+        """Declare ``queue`` and consume it; restored automatically if the channel reopens."""
+        await self.consume_channel.consume(queue, on_message)
+
+    def abort(self, reason: str) -> None:
+        """Close without waiting (used on failures)."""
+        if self.pika is not None and not (self.pika.is_closing or self.pika.is_closed):
+            try:
+                self.pika.close(reply_text=reason)
+            except Exception:  # a half-open connection may refuse a clean close
+                log.debug("close during open failed", exc_info=True)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close cleanly and wait until pika reports the connection closed."""
+        self.closing = True
+        self.abort("closed by client")
+        if not self.closed.done():
+            try:
+                await wait_bounded(self.closed, timeout)
+            except TimeoutError:
+                log.warning("broker connection did not close within %gs", timeout)
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _resolver(fut: asyncio.Future[Any]) -> Callable[[Any], None]:
+    def resolve(value: Any) -> None:
+        if not fut.done():
+            fut.set_result(value)
+    return resolve

@@ -1,0 +1,226 @@
+"""The glue to Celery's ``app.amqp``: task messages, routing and queue declarations.
+
+Celery builds every message (protocol 2) and picks every destination, so what we publish is
+byte-for-byte what ``Task.apply_async`` would publish, and any stock Celery 5 worker runs it.
+This module does no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from celery import Celery
+from celery.utils.time import maybe_make_aware
+from kombu import Exchange, Queue
+from kombu.compression import compress
+from kombu.serialization import dumps
+from kombu.transport.base import to_rabbitmq_queue_arguments
+from kombu.utils.uuid import uuid
+
+from .errors import ConfigurationError
+
+#: Options of ``Task.apply_async`` that the producer honours. Anything else raises TypeError.
+SUPPORTED_OPTIONS = frozenset({
+    "countdown", "eta", "expires", "priority", "queue", "exchange", "exchange_type",
+    "routing_key", "headers", "task_id", "time_limit", "soft_time_limit", "ignore_result",
+    "link", "link_error", "serializer", "compression", "shadow", "delivery_mode",
+    "root_id", "parent_id", "group_id", "group_index", "retries", "argsrepr", "kwargsrepr",
+})
+
+#: Celery options that only make sense for a blocking publisher; refused with a reason.
+_REFUSED_OPTIONS = {
+    "retry": "this producer never retries silently; catch BrokerUnavailable instead",
+    "retry_policy": "this producer never retries silently; catch BrokerUnavailable instead",
+    "connection": "the producer owns its connection",
+    "producer": "the producer owns its connection",
+    "reply_to": "replies always go to the producer's own reply queue",
+}
+
+_DELIVERY_MODES = {"persistent": 2, "transient": 1}
+
+
+def check_options(options: Mapping[str, Any]) -> None:
+    """Raise TypeError for any option the producer would otherwise silently drop."""
+    for key in options:
+        if key in SUPPORTED_OPTIONS:
+            continue
+        reason = _REFUSED_OPTIONS.get(key, "not an apply_async option this producer supports")
+        raise TypeError(f"unsupported task option {key!r}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDeclaration:
+    """Everything needed to declare one queue exactly as a stock Celery worker does."""
+
+    name: str
+    durable: bool
+    exclusive: bool
+    auto_delete: bool
+    arguments: dict[str, Any]
+    exchanges: tuple[tuple[str, str, bool, bool, dict[str, Any]], ...]
+    bindings: tuple[tuple[str, str, dict[str, Any]], ...]
+
+
+def queue_declaration(queue: Queue) -> QueueDeclaration:
+    """Translate a kombu Queue (from ``app.amqp.queues``) into declaration arguments."""
+    exchanges: list[tuple[str, str, bool, bool, dict[str, Any]]] = []
+    bindings: list[tuple[str, str, dict[str, Any]]] = []
+
+    def add_exchange(exchange: Exchange) -> None:
+        if exchange is not None and exchange.name:
+            exchanges.append((exchange.name, exchange.type, bool(exchange.durable),
+                              bool(exchange.auto_delete), dict(exchange.arguments or {})))
+
+    add_exchange(queue.exchange)
+    if queue.exchange is not None and queue.exchange.name:
+        bindings.append((queue.exchange.name, queue.routing_key or "",
+                         dict(queue.binding_arguments or {})))
+    for binding in queue.bindings or ():
+        add_exchange(binding.exchange)
+        bindings.append((binding.exchange.name, binding.routing_key or "",
+                         dict(binding.arguments or {})))
+    arguments = to_rabbitmq_queue_arguments(
+        dict(queue.queue_arguments or {}),
+        expires=queue.expires, message_ttl=queue.message_ttl, max_length=queue.max_length,
+        max_length_bytes=queue.max_length_bytes, max_priority=queue.max_priority,
+    )
+    return QueueDeclaration(
+        name=queue.name, durable=bool(queue.durable), exclusive=bool(queue.exclusive),
+        auto_delete=bool(queue.auto_delete), arguments=arguments,
+        exchanges=tuple(exchanges), bindings=tuple(bindings),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMessage:
+    """A serialized protocol-2 task message and where it goes."""
+
+    task_id: str
+    name: str
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: dict[str, Any]
+    headers: dict[str, Any]
+    declare: Queue | None
+
+
+def _delivery_mode(app: Celery, explicit: Any, queue: Queue | None) -> int:
+    mode = explicit
+    if mode is None and queue is not None and queue.exchange is not None:
+        mode = queue.exchange.delivery_mode
+    if mode is None:
+        mode = app.conf.task_default_delivery_mode
+    mode = _DELIVERY_MODES.get(mode, mode)
+    if mode not in (1, 2):
+        raise ConfigurationError(f"delivery_mode must be 1, 2, 'transient' or 'persistent', "
+                                 f"not {mode!r}")
+    return int(mode)
+
+
+def _expiration_seconds(app: Celery, expires: Any) -> float:
+    if isinstance(expires, datetime):
+        now = app.now()
+        return max(float((maybe_make_aware(expires) - now).total_seconds()), 0.0)
+    if isinstance(expires, str):
+        return max(float((datetime.fromisoformat(expires) - app.now()).total_seconds()), 0.0)
+    return max(float(expires), 0.0)
+
+
+def build_message(
+    app: Celery,
+    name: str,
+    args: Sequence[Any] | None,
+    kwargs: Mapping[str, Any] | None,
+    options: Mapping[str, Any],
+    reply_to: str,
+    task_type: Any = None,
+) -> TaskMessage:
+    """Build, route and serialize one task message with ``app.amqp``.
+
+    ``options`` are ``apply_async`` options (already checked); a registered task's own
+    execution options (its queue, priority, serializer, ...) apply first, as in Celery.
+    """
+    opts: dict[str, Any] = {}
+    if task_type is not None and hasattr(task_type, "_get_exec_options"):
+        opts.update((k, v) for k, v in task_type._get_exec_options().items() if v is not None)
+    opts.update(options)
+    args = tuple(args or ())
+    kwargs = dict(kwargs or {})
+
+    task_id = opts.pop("task_id", None) or uuid()
+    countdown = opts.pop("countdown", None)
+    eta = opts.pop("eta", None)
+    expires = opts.pop("expires", None)
+    link = opts.pop("link", None)
+    link_error = opts.pop("link_error", None)
+    extra_headers = opts.pop("headers", None)
+    serializer = opts.pop("serializer", None) or app.conf.task_serializer
+    compression = opts.pop("compression", None) or app.conf.task_compression
+    delivery_mode = opts.pop("delivery_mode", None)
+    amqp = app.amqp
+    message = amqp.create_task_message(
+        task_id, name, args, kwargs, countdown, eta,
+        opts.pop("group_id", None), opts.pop("group_index", None), expires,
+        opts.pop("retries", 0), None,
+        _as_list(link), _as_list(link_error), reply_to,
+        opts.pop("time_limit", None), opts.pop("soft_time_limit", None), False,
+        opts.pop("root_id", None), opts.pop("parent_id", None), opts.pop("shadow", None), None,
+        ignore_result=opts.pop("ignore_result", False),
+        argsrepr=opts.pop("argsrepr", None), kwargsrepr=opts.pop("kwargsrepr", None),
+    )
+    headers, properties, body, _ = message
+    if extra_headers:
+        headers.update(extra_headers)
+
+    route = amqp.router.route(opts, name, args, kwargs, task_type)
+    queue: Queue | None = route.pop("queue", None)
+    exchange = route.pop("exchange", None)
+    routing_key = route.pop("routing_key", None)
+    exchange_type = route.pop("exchange_type", None)
+    if isinstance(exchange, Exchange):
+        exchange_type = exchange_type or exchange.type
+        exchange = exchange.name
+    if queue is None and exchange is None:
+        queue = amqp.default_queue
+    if exchange_type is None:
+        exchange_type = queue.exchange.type if queue is not None and queue.exchange else "direct"
+    qname = queue.name if queue is not None else None
+    # Celery's rule: a direct exchange with a missing half goes through the default exchange.
+    if (not exchange or not routing_key) and exchange_type == "direct":
+        exchange, routing_key = "", qname
+    elif exchange is None:
+        exchange = (queue.exchange.name if queue is not None and queue.exchange else "") or \
+            app.conf.task_default_exchange
+        routing_key = routing_key or (queue.routing_key if queue is not None else None) or \
+            app.conf.task_default_routing_key
+    if not routing_key and not exchange:
+        raise ConfigurationError(f"task {name!r} routes nowhere: no queue, exchange or key")
+
+    properties["delivery_mode"] = _delivery_mode(app, delivery_mode, queue)
+    priority = route.pop("priority", None)
+    if priority is not None:
+        properties["priority"] = int(priority)
+    if expires is not None:
+        properties["expiration"] = str(int(_expiration_seconds(app, expires) * 1000))
+    content_type, content_encoding, payload = dumps(body, serializer=serializer)
+    data = payload.encode(content_encoding) if isinstance(payload, str) else payload
+    if compression:
+        data, headers["compression"] = compress(data, compression)
+    properties["content_type"] = content_type
+    properties["content_encoding"] = content_encoding
+    return TaskMessage(
+        task_id=task_id, name=name, exchange=exchange, routing_key=routing_key or "",
+        body=data, properties=properties, headers=headers, declare=queue,
+    )
+
+
+def _as_list(value: Any) -> list[Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]

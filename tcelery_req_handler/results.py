@@ -1,0 +1,242 @@
+"""Task results: ``TaskResult``, and the registry that matches replies to waiters.
+
+The worker's ``rpc://`` backend publishes every state of a task (STARTED, RETRY, PROGRESS, ...,
+then SUCCESS / FAILURE / REVOKED) to our reply queue with ``correlation_id`` = task id.
+The registry holds results *weakly*: a result nobody references any more (a timed-out or
+abandoned request) vanishes from the map by itself, and a late reply for it is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import weakref
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from celery import states as celery_states
+from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.serialization import loads, prepare_accept_content
+
+from ._aio import wait_bounded
+from .errors import ResultDecodeError, TaskFailed, TaskRevoked, TaskTimeout, TCeleryError
+
+log = logging.getLogger(__name__)
+
+READY_STATES = frozenset(celery_states.READY_STATES)
+PENDING = celery_states.PENDING
+
+_QueueItem = tuple[str, Any]
+
+
+class TaskResult:
+    """The state of one task, in Celery's ``AsyncResult`` vocabulary, awaitable.
+
+    ``state`` / ``status`` is the last state received; ``result`` the value (for SUCCESS),
+    the exception info (for FAILURE) or the meta of an intermediate state (e.g. PROGRESS).
+    """
+
+    __slots__ = ("__weakref__", "_default_timeout", "_error", "_followers", "_tracked",
+                 "_waiters", "children", "date_done", "result", "state", "task_id", "traceback")
+
+    def __init__(self, task_id: str, *, default_timeout: float = 30.0, tracked: bool = True):
+        self.task_id = task_id
+        self.state: str = PENDING
+        self.result: Any = None
+        self.traceback: str | None = None
+        self.children: Any = None
+        self.date_done: str | None = None
+        self._default_timeout = default_timeout
+        self._tracked = tracked
+        self._error: BaseException | None = None
+        self._waiters: list[asyncio.Future[None]] | None = None
+        self._followers: list[asyncio.Queue[_QueueItem]] | None = None
+
+    def __repr__(self) -> str:
+        return f"<TaskResult {self.task_id} {self.state}>"
+
+    @property
+    def status(self) -> str:
+        """Alias of ``state``, as in Celery."""
+        return self.state
+
+    @property
+    def info(self) -> Any:
+        """Alias of ``result``, as in Celery."""
+        return self.result
+
+    def ready(self) -> bool:
+        """True once the task reached SUCCESS, FAILURE or REVOKED (or no reply can come)."""
+        return self.state in READY_STATES or self._error is not None
+
+    def successful(self) -> bool:
+        return self.state == str(celery_states.SUCCESS)
+
+    def failed(self) -> bool:
+        return self.state == str(celery_states.FAILURE)
+
+    async def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+        """Wait for a ready state and return the task's value.
+
+        ``timeout`` defaults to the producer's ``result_timeout``; pass ``math.inf`` to wait
+        forever. Raises TaskTimeout, and with ``propagate`` TaskFailed or TaskRevoked.
+        """
+        if not self._tracked:
+            raise TCeleryError(f"task {self.task_id} was sent with reply=False: "
+                               "no result will come back")
+        if not self.ready():
+            limit = self._default_timeout if timeout is None else timeout
+            waiter = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            try:
+                if math.isinf(limit):
+                    await waiter
+                else:
+                    await wait_bounded(waiter, limit)
+            except TimeoutError:
+                raise TaskTimeout(self.task_id, limit, self.state) from None
+            finally:
+                if self._waiters is not None and waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        return self._outcome(propagate)
+
+    def _outcome(self, propagate: bool) -> Any:
+        if self._error is not None:
+            raise self._error
+        if propagate:
+            if self.state == celery_states.FAILURE:
+                raise self._failure()
+            if self.state == celery_states.REVOKED:
+                raise TaskRevoked(self.task_id, _exc_message(self.result) or "revoked")
+        return self.result
+
+    def _failure(self) -> TaskFailed:
+        info = self.result if isinstance(self.result, dict) else {}
+        return TaskFailed(
+            self.task_id,
+            str(info.get("exc_type", "Exception")),
+            _exc_message(self.result),
+            exc_module=info.get("exc_module"),
+            traceback=self.traceback,
+        )
+
+    async def states(self, timeout: float | None = None) -> AsyncIterator[tuple[str, Any]]:
+        """Follow the task: yield ``(state, meta)`` for each state received, ending at a
+        ready state. The current state comes first unless it is PENDING.
+        ``timeout`` bounds the whole follow; TaskTimeout when it runs out.
+        """
+        if not self._tracked:
+            raise TCeleryError(f"task {self.task_id} was sent with reply=False")
+        limit = self._default_timeout if timeout is None else timeout
+        deadline = asyncio.get_running_loop().time() + limit
+        queue: asyncio.Queue[_QueueItem] = asyncio.Queue()
+        if self.state != PENDING or self._error is not None:
+            queue.put_nowait((self.state, self.result))
+        if self._followers is None:
+            self._followers = []
+        self._followers.append(queue)
+        try:
+            while True:
+                if queue.empty() and self._error is not None:
+                    raise self._error
+                remaining = deadline - asyncio.get_running_loop().time()
+                try:
+                    item = await asyncio.wait_for(queue.get(), max(remaining, 0))
+                except asyncio.TimeoutError:
+                    raise TaskTimeout(self.task_id, limit, self.state) from None
+                yield item
+                if item[0] in READY_STATES:
+                    return
+        finally:
+            self._followers.remove(queue)
+
+    # -- fed by the registry ---------------------------------------------------------------
+    def _update(self, meta: dict[str, Any]) -> None:
+        self.state = str(meta.get("status", PENDING))
+        self.result = meta.get("result")
+        self.traceback = meta.get("traceback")
+        self.children = meta.get("children")
+        self.date_done = meta.get("date_done")
+        if self._followers:
+            for queue in self._followers:
+                queue.put_nowait((self.state, self.result))
+        if self.state in READY_STATES:
+            self._wake()
+
+    def _abort(self, error: BaseException) -> None:
+        """No reply can come any more (decode failure, producer closed)."""
+        self._error = error
+        for queue in self._followers or ():
+            queue.put_nowait(("ERROR", str(error)))
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiters:
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+
+def _exc_message(info: Any) -> str:
+    if not isinstance(info, dict):
+        return "" if info is None else str(info)
+    message = info.get("exc_message")
+    if isinstance(message, (list, tuple)):
+        return str(message[0]) if len(message) == 1 else ", ".join(map(str, message))
+    return "" if message is None else str(message)
+
+
+class ResultRegistry:
+    """Maps task ids to live ``TaskResult`` objects and feeds them decoded replies."""
+
+    def __init__(self, accept: Iterable[str], default_timeout: float) -> None:
+        self.accept = prepare_accept_content(list(accept))
+        self.default_timeout = default_timeout
+        self._pending: weakref.WeakValueDictionary[str, TaskResult] = (
+            weakref.WeakValueDictionary())
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def register(self, task_id: str) -> TaskResult:
+        result = TaskResult(task_id, default_timeout=self.default_timeout)
+        self._pending[task_id] = result
+        return result
+
+    def discard(self, task_id: str) -> None:
+        self._pending.pop(task_id, None)
+
+    def on_reply(self, correlation_id: str | None, content_type: str | None,
+                 content_encoding: str | None, body: bytes) -> None:
+        """Decode one reply and hand it to its waiter; replies nobody waits for are dropped."""
+        if correlation_id is None:
+            return
+        result = self._pending.get(correlation_id)
+        if result is None:
+            return  # late or foreign: the waiter is gone
+        try:
+            meta = loads(body, content_type, content_encoding or "utf-8", accept=self.accept)
+        except ContentDisallowed:
+            self._pending.pop(correlation_id, None)
+            result._abort(ResultDecodeError(correlation_id, content_type or "(none)"))
+            return
+        except DecodeError as exc:
+            log.warning("undecodable reply for %s: %s", correlation_id, exc)
+            self._pending.pop(correlation_id, None)
+            result._abort(ResultDecodeError(correlation_id, content_type or "(none)"))
+            return
+        if not isinstance(meta, dict):
+            return
+        result._update(meta)
+        if result.state in READY_STATES:
+            self._pending.pop(correlation_id, None)
+
+    def abort_all(self, error: BaseException) -> None:
+        """Fail every waiter (the producer is closing)."""
+        pending = list(self._pending.values())
+        self._pending.clear()
+        for result in pending:
+            result._abort(error)

@@ -1,0 +1,75 @@
+"""The Celery app the test session's real workers run. Queue names are unique to each run."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_ready
+
+PREFIX = os.environ.get("TCELERY_TEST_PREFIX", "tcelery-test")
+BROKER_URL = os.environ.get("TCELERY_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
+DEFAULT_QUEUE = f"{PREFIX}.default"
+OTHER_QUEUE = f"{PREFIX}.other"
+
+app = Celery("tcelery_tests", broker=BROKER_URL, backend="rpc://")
+app.conf.update(
+    task_default_queue=DEFAULT_QUEUE,
+    task_track_started=True,
+    task_routes={"tests.worker_app.where_am_i_routed": {"queue": OTHER_QUEUE}},
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    result_expires=None,
+)
+
+
+@worker_ready.connect
+def _announce_ready(sender: Any = None, **_: Any) -> None:
+    ready_dir = os.environ.get("TCELERY_TEST_READY_DIR")
+    if ready_dir and sender is not None:
+        Path(ready_dir, sender.hostname.split("@")[0]).touch()
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task
+def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.task
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task(bind=True)
+def progress(self: Any, steps: int, delay: float = 0.05) -> int:
+    for i in range(steps):
+        self.update_state(state="PROGRESS", meta={"current": i + 1, "total": steps})
+        time.sleep(delay)
+    return steps
+
+
+@app.task(bind=True)
+def where_am_i(self: Any) -> dict[str, Any]:
+    return {"hostname": self.request.hostname,
+            "routing_key": (self.request.delivery_info or {}).get("routing_key")}
+
+
+@app.task(bind=True)
+def where_am_i_routed(self: Any) -> dict[str, Any]:
+    """Routed to OTHER_QUEUE by ``task_routes``."""
+    return {"hostname": self.request.hostname,
+            "routing_key": (self.request.delivery_info or {}).get("routing_key")}
