@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+_TIMED_OUT: Any = object()
 
-def _expire(waiter: asyncio.Future[T]) -> None:
+
+def _expire(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
-        waiter.set_exception(TimeoutError())
+        waiter.set_result(_TIMED_OUT)
 
 
 async def wait_bounded(future: asyncio.Future[T], timeout: float) -> T:
@@ -18,27 +20,24 @@ async def wait_bounded(future: asyncio.Future[T], timeout: float) -> T:
 
     Raises ``TimeoutError`` when time runs out; ``future`` itself stays untouched, so it can be
     awaited again. Cheaper than ``wait_for(shield(...))``: one waiter future and one timer.
+    The TimeoutError is raised fresh, so it references no waiter and keeps nothing alive.
     """
     if future.done():
         return future.result()
     loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[T] = loop.create_future()
+    waiter: asyncio.Future[Any] = loop.create_future()
 
     def relay(done: asyncio.Future[T]) -> None:
-        if waiter.done():
-            return
-        if done.cancelled():
-            waiter.cancel()
-        elif (exc := done.exception()) is not None:
-            waiter.set_exception(exc)
-        else:
-            waiter.set_result(done.result())
+        if not waiter.done():
+            waiter.set_result(None)
 
     future.add_done_callback(relay)
     timer = loop.call_later(timeout, _expire, waiter)
     try:
-        return await waiter
+        outcome = await waiter
     finally:
         timer.cancel()
         future.remove_done_callback(relay)
-
+    if outcome is _TIMED_OUT:
+        raise TimeoutError
+    return future.result()

@@ -91,16 +91,19 @@ class TaskResult:
             if self._waiters is None:
                 self._waiters = []
             self._waiters.append(waiter)
+            timed_out = False
             try:
                 if math.isinf(limit):
                     await waiter
                 else:
                     await wait_bounded(waiter, limit)
             except TimeoutError:
-                raise TaskTimeout(self.task_id, limit, self.state) from None
+                timed_out = True
             finally:
                 if self._waiters is not None and waiter in self._waiters:
                     self._waiters.remove(waiter)
+            if timed_out:  # raised outside the except block: no context chain to keep alive
+                raise TaskTimeout(self.task_id, limit, self.state)
         return self._outcome(propagate)
 
     def _outcome(self, propagate: bool) -> Any:
