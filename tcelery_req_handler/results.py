@@ -106,14 +106,22 @@ class TaskResult:
                 raise TaskTimeout(self.task_id, limit, self.state)
         return self._outcome(propagate)
 
+    def exception(self) -> BaseException | None:
+        """The error this result stands for: TaskFailed for FAILURE, TaskRevoked for
+        REVOKED, the reason no reply can come; None while pending or after SUCCESS."""
+        if self._error is not None:
+            return self._error
+        if self.state == celery_states.FAILURE:
+            return self._failure()
+        if self.state == celery_states.REVOKED:
+            return TaskRevoked(self.task_id, _exc_message(self.result) or "revoked")
+        return None
+
     def _outcome(self, propagate: bool) -> Any:
         if self._error is not None:
             raise self._error
-        if propagate:
-            if self.state == celery_states.FAILURE:
-                raise self._failure()
-            if self.state == celery_states.REVOKED:
-                raise TaskRevoked(self.task_id, _exc_message(self.result) or "revoked")
+        if propagate and (error := self.exception()) is not None:
+            raise error
         return self.result
 
     def _failure(self) -> TaskFailed:
