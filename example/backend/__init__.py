@@ -1,0 +1,1 @@
+"""Backend of the example application: versioned Celery apps and their tasks."""

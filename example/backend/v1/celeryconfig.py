@@ -1,0 +1,21 @@
+"""Celery settings of the example's v1 backend, loaded by ``backend.v1.app``.
+
+``result_backend='rpc://'`` is what lets the Tornado app await results over its own reply
+queue; JSON only, so neither side ever unpickles anything from the wire.
+"""
+
+from __future__ import annotations
+
+import os
+
+broker_url: str = os.environ.get("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+result_backend: str = "rpc://"
+task_default_queue: str = "payment_default1"
+task_serializer: str = "json"
+result_serializer: str = "json"
+accept_content: list[str] = ["json"]
+result_accept_content: list[str] = ["json"]
+# STARTED (and the report task's PROGRESS) reach waiting requests as intermediate states.
+task_track_started: bool = True
+# Keep retrying while RabbitMQ starts up instead of giving up (and silence the 5.x warning).
+broker_connection_retry_on_startup: bool = True
