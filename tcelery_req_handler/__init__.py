@@ -16,8 +16,17 @@ from .errors import (
     TaskTimeout,
     TCeleryError,
 )
+from .handlers import (
+    TaskHandler,
+    TaskSpec,
+    TCeleryAsyncHandler,
+    TCeleryBaseHandler,
+    TCeleryNotFoundHandler,
+    TCeleryReqHandler,
+)
 from .producer import Producer, get_producer, setup_nonblocking_producer
 from .results import TaskResult
+from .routes import routes, tcelery_async_routes, tcelery_routes
 
 __all__ = [
     "BrokerError",
@@ -27,12 +36,21 @@ __all__ = [
     "PublishError",
     "RequestError",
     "ResultDecodeError",
+    "TCeleryAsyncHandler",
+    "TCeleryBaseHandler",
     "TCeleryError",
+    "TCeleryNotFoundHandler",
+    "TCeleryReqHandler",
     "TaskError",
     "TaskFailed",
+    "TaskHandler",
     "TaskResult",
     "TaskRevoked",
+    "TaskSpec",
     "TaskTimeout",
     "get_producer",
+    "routes",
     "setup_nonblocking_producer",
+    "tcelery_async_routes",
+    "tcelery_routes",
 ]

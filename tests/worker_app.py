@@ -63,7 +63,7 @@ def progress(self: Any, steps: int, delay: float = 0.05) -> int:
 
 
 @app.task(bind=True)
-def where_am_i(self: Any) -> dict[str, Any]:
+def where_am_i(self: Any, *_args: Any, **_kwargs: Any) -> dict[str, Any]:
     return {"hostname": self.request.hostname,
             "routing_key": (self.request.delivery_info or {}).get("routing_key")}
 
@@ -73,3 +73,16 @@ def where_am_i_routed(self: Any) -> dict[str, Any]:
     """Routed to OTHER_QUEUE by ``task_routes``."""
     return {"hostname": self.request.hostname,
             "routing_key": (self.request.delivery_info or {}).get("routing_key")}
+
+
+@app.task
+def touch(path: str) -> str:
+    """Leaves evidence on disk that a fire-and-forget task really ran."""
+    Path(path).touch()
+    return path
+
+
+@app.task
+def add_ints(x: str | int, y: str | int) -> int:
+    """URL path groups arrive as strings."""
+    return int(x) + int(y)

@@ -1,0 +1,312 @@
+"""Tornado handlers: ``TCeleryReqHandler`` waits for results, ``TCeleryAsyncHandler`` fires
+and forgets; both reach the route's tasks through ``self.task_handler``.
+
+Every response is JSON, errors included (``{"error": {...}}``); the status of each outcome is
+decided in one place, :func:`tcelery_req_handler.responses.error_response`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from .arguments import request_arguments
+from .errors import RequestError, TCeleryError
+from .producer import Producer, get_producer
+from .responses import encode, error_body, error_response
+from .results import TaskResult
+
+log = logging.getLogger(__name__)
+
+VERBS = ("get", "post", "put", "delete")
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_BODY_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One entry of a route's task list: what to send, with its fixed arguments and options."""
+
+    name: str
+    task: Any = None
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class TaskHandler:
+    """``self.task_handler``: runs the route's tasks for a verb.
+
+    For each verb X: ``X_one(index, ...)`` awaits one task and returns its finished
+    ``TaskResult`` (also when it failed: check ``.status``); ``X_many(...)`` runs all the
+    verb's tasks concurrently; ``X_async(...)`` publishes them and returns their task ids
+    once the broker has confirmed each one.
+    """
+
+    def __init__(self, handler: TCeleryBaseHandler) -> None:
+        self.handler = handler
+
+    def tasks(self, verb: str) -> tuple[TaskSpec, ...]:
+        specs: tuple[TaskSpec, ...] = getattr(self.handler, f"{verb}_tasks")
+        return specs
+
+    async def send(self, spec: TaskSpec, args: Sequence[Any], kwargs: Mapping[str, Any],
+                   *, reply: bool) -> TaskResult:
+        """Publish one task: the spec's partial args first, its fixed kwargs protected."""
+        handler = self.handler
+        if spec.kwargs:
+            fixed = [name for name in kwargs if name in spec.kwargs]
+            if fixed:
+                raise RequestError(400, f"argument {fixed[0]!r} is fixed by the route",
+                                   argument=fixed[0])
+            kwargs = {**spec.kwargs, **kwargs}
+        options = {**handler.task_options, **spec.options} if spec.options \
+            else handler.task_options
+        producer = handler.producer or get_producer()
+        return await producer.apply_async(spec.task or spec.name, (*spec.args, *args), kwargs,
+                                          reply=reply, **options)
+
+    async def one(self, verb: str, index: int, *args: Any, **kwargs: Any) -> TaskResult:
+        result = await self.send(self.tasks(verb)[index], args, kwargs, reply=True)
+        await result.get(timeout=self.handler.timeout, propagate=False)
+        return result
+
+    async def many(self, verb: str, *args: Any, **kwargs: Any) -> list[TaskResult]:
+        count = len(self.tasks(verb))
+        if count == 1:
+            return [await self.one(verb, 0, *args, **kwargs)]
+        return await _gather([self.one(verb, i, *args, **kwargs) for i in range(count)])
+
+    async def fire(self, verb: str, *args: Any, **kwargs: Any) -> list[str]:
+        sent = await _gather([self.send(spec, args, kwargs, reply=False)
+                              for spec in self.tasks(verb)])
+        return [result.task_id for result in sent]
+
+    async def get_one(self, index: int, *args: Any, **kwargs: Any) -> TaskResult:
+        return await self.one("get", index, *args, **kwargs)
+
+    async def post_one(self, index: int, *args: Any, **kwargs: Any) -> TaskResult:
+        return await self.one("post", index, *args, **kwargs)
+
+    async def put_one(self, index: int, *args: Any, **kwargs: Any) -> TaskResult:
+        return await self.one("put", index, *args, **kwargs)
+
+    async def delete_one(self, index: int, *args: Any, **kwargs: Any) -> TaskResult:
+        return await self.one("delete", index, *args, **kwargs)
+
+    async def get_many(self, *args: Any, **kwargs: Any) -> list[TaskResult]:
+        return await self.many("get", *args, **kwargs)
+
+    async def post_many(self, *args: Any, **kwargs: Any) -> list[TaskResult]:
+        return await self.many("post", *args, **kwargs)
+
+    async def put_many(self, *args: Any, **kwargs: Any) -> list[TaskResult]:
+        return await self.many("put", *args, **kwargs)
+
+    async def delete_many(self, *args: Any, **kwargs: Any) -> list[TaskResult]:
+        return await self.many("delete", *args, **kwargs)
+
+    async def get_async(self, *args: Any, **kwargs: Any) -> list[str]:
+        return await self.fire("get", *args, **kwargs)
+
+    async def post_async(self, *args: Any, **kwargs: Any) -> list[str]:
+        return await self.fire("post", *args, **kwargs)
+
+    async def put_async(self, *args: Any, **kwargs: Any) -> list[str]:
+        return await self.fire("put", *args, **kwargs)
+
+    async def delete_async(self, *args: Any, **kwargs: Any) -> list[str]:
+        return await self.fire("delete", *args, **kwargs)
+
+
+async def _gather(coros: list[Any]) -> list[Any]:
+    """Run concurrently; raise the first error only after all finished (none is orphaned)."""
+    outcomes = await asyncio.gather(*coros, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes
+
+
+class JSONErrorsMixin(RequestHandler):
+    """Errors as JSON ``{"error": {...}}``; tracebacks only when the app runs with debug."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+
+    def compute_etag(self) -> None:
+        return None  # task results are not cacheable; skip hashing every body
+
+    def allowed_methods(self) -> list[str]:
+        return []
+
+    def write_json(self, value: Any, status: int = 200) -> None:
+        """Finish the response with ``value`` as JSON."""
+        self.set_status(status)
+        self.finish(encode(value))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        error = exc_info[1] if exc_info else None
+        debug = bool(self.settings.get("serve_traceback"))
+        if isinstance(error, TCeleryError):
+            status_code, headers, body = error_response(error, debug=debug)
+            self.set_status(status_code)
+            for name, value in headers.items():
+                self.set_header(name, value)
+        else:
+            reason = (error.log_message if isinstance(error, HTTPError) and error.log_message
+                      else self._reason)
+            kind = "InternalServerError" if status_code >= 500 else self._reason.replace(" ", "")
+            message = "internal server error" if status_code >= 500 else reason
+            body = error_body(kind, message)
+            if status_code == 405:
+                self.set_header("Allow", ", ".join(self.allowed_methods()))
+                body["error"]["allowed"] = self.allowed_methods()
+        if debug and exc_info and "traceback" not in body:
+            body["traceback"] = "".join(traceback.format_exception(*exc_info))
+        self.finish(encode(body))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, TCeleryError):
+            log.info("%s %s: %s", self.request.method, self.request.uri, value)
+        else:
+            super().log_exception(typ, value, tb)
+
+
+class TCeleryNotFoundHandler(JSONErrorsMixin):
+    """A JSON 404 for unknown URLs: pass as ``default_handler_class`` to the Application."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
+
+    def prepare(self) -> None:
+        raise HTTPError(404, "no route matches this URL")
+
+
+@stream_request_body
+class TCeleryBaseHandler(JSONErrorsMixin):
+    """What both handlers share: the route's class members, the body limit, arguments.
+
+    Class members (set by the route factories): ``uri_path``, ``get_tasks``, ``post_tasks``,
+    ``put_tasks``, ``delete_tasks`` (tuples of :class:`TaskSpec`), ``timeout``,
+    ``max_body_size``, ``task_options`` (apply_async options) and ``producer``.
+    """
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
+
+    uri_path: ClassVar[str] = ""
+    get_tasks: ClassVar[tuple[TaskSpec, ...]] = ()
+    post_tasks: ClassVar[tuple[TaskSpec, ...]] = ()
+    put_tasks: ClassVar[tuple[TaskSpec, ...]] = ()
+    delete_tasks: ClassVar[tuple[TaskSpec, ...]] = ()
+    timeout: ClassVar[float] = DEFAULT_TIMEOUT
+    max_body_size: ClassVar[int] = DEFAULT_MAX_BODY_SIZE
+    task_options: ClassVar[Mapping[str, Any]] = {}
+    producer: ClassVar[Producer | None] = None
+
+    def initialize(self) -> None:
+        self.task_handler = TaskHandler(self)
+        self._chunks: list[bytes] = []
+        self._body_size = 0
+
+    def allowed_methods(self) -> list[str]:
+        return [verb.upper() for verb in VERBS if getattr(self, f"{verb}_tasks")]
+
+    def prepare(self) -> None:
+        method = self.request.method or ""
+        if method not in self.allowed_methods():
+            raise HTTPError(405, f"{method} is not mapped to any task on this route")
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_size:
+            raise RequestError(413, f"request body of {length} bytes exceeds the limit of "
+                                    f"{self.max_body_size} bytes", limit=self.max_body_size)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body_size += len(chunk)
+        if self._body_size <= self.max_body_size:
+            self._chunks.append(chunk)
+        else:
+            self._chunks.clear()
+
+    @property
+    def body(self) -> bytes:
+        """The request body (read by this handler, which streams it to enforce the limit)."""
+        if self._body_size > self.max_body_size:
+            raise RequestError(413, f"request body exceeds the limit of {self.max_body_size} "
+                                    "bytes", limit=self.max_body_size)
+        if len(self._chunks) != 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0]
+
+    def task_arguments(self, *path_args: str, **path_kwargs: str
+                       ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Map the request to ``(args, kwargs)``; override to change the mapping."""
+        return request_arguments(self.request, self.body, path_args, path_kwargs)
+
+    def write_task_error(self, error: TCeleryError) -> None:
+        """Answer with the status and JSON body that ``error`` maps to."""
+        status, headers, body = error_response(error,
+                                               debug=bool(self.settings.get("serve_traceback")))
+        for name, value in headers.items():
+            self.set_header(name, value)
+        self.write_json(body, status)
+
+    async def run_tasks(self, verb: str, path_args: Sequence[str],
+                        path_kwargs: Mapping[str, str]) -> None:
+        """Map the request, run the verb's tasks, write the response."""
+        raise NotImplementedError
+
+    async def _dispatch(self, verb: str, path_args: Sequence[str],
+                        path_kwargs: Mapping[str, str]) -> None:
+        try:
+            await self.run_tasks(verb, path_args, path_kwargs)
+        except TCeleryError as error:
+            if self._finished:
+                raise
+            self.log_exception(type(error), error, None)
+            self.write_task_error(error)
+
+    async def get(self, *args: str, **kwargs: str) -> None:
+        await self._dispatch("get", args, kwargs)
+
+    async def post(self, *args: str, **kwargs: str) -> None:
+        await self._dispatch("post", args, kwargs)
+
+    async def put(self, *args: str, **kwargs: str) -> None:
+        await self._dispatch("put", args, kwargs)
+
+    async def delete(self, *args: str, **kwargs: str) -> None:
+        await self._dispatch("delete", args, kwargs)
+
+
+class TCeleryReqHandler(TCeleryBaseHandler):
+    """Waits for the tasks' results: 200 with the result, or the error's status."""
+
+    async def run_tasks(self, verb: str, path_args: Sequence[str],
+                        path_kwargs: Mapping[str, str]) -> None:
+        args, kwargs = self.task_arguments(*path_args, **path_kwargs)
+        results = await self.task_handler.many(verb, *args, **kwargs)
+        for result in results:
+            error = result.exception()
+            if error is not None:
+                raise error
+        if len(results) == 1:
+            self.write_json(results[0].result)
+        else:
+            self.write_json([result.result for result in results])
+
+
+class TCeleryAsyncHandler(TCeleryBaseHandler):
+    """Fires and forgets: 202 with the task ids, once the broker has confirmed each one."""
+
+    async def run_tasks(self, verb: str, path_args: Sequence[str],
+                        path_kwargs: Mapping[str, str]) -> None:
+        args, kwargs = self.task_arguments(*path_args, **path_kwargs)
+        task_ids = await self.task_handler.fire(verb, *args, **kwargs)
+        self.write_json({"task_ids": task_ids}, 202)
