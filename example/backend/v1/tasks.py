@@ -26,6 +26,8 @@ _DIGITS = re.compile(r"[0-9]+")
 LIST_FILTERS: frozenset[str] = frozenset({"name"})
 MAX_REPORT_STEPS = 100
 MAX_REPORT_DELAY = 5.0
+#: ``POST /v1/report`` waits 60 s for the result; a longer report would only end in a 504.
+MAX_REPORT_SECONDS = 50.0
 
 
 class UserNotFound(LookupError):
@@ -42,6 +44,10 @@ class UserNotFound(LookupError):
     @classmethod
     def for_id(cls, user_id: int) -> UserNotFound:
         return cls(f"user {user_id} not found", user_id=user_id)
+
+
+#: Expected failures (bad input, unknown id): the worker logs them in one line, no traceback.
+CLIENT_ERRORS: tuple[type[Exception], ...] = (ValueError, UserNotFound)
 
 
 # -- argument parsing: strings from URLs and forms, or JSON values ----------------------------
@@ -103,7 +109,7 @@ def parse_int(value: object, field: str, low: int, high: int) -> int:
 
 
 # -- tasks ----------------------------------------------------------------------------------
-@app.task(name=f"{_NAME_PREFIX}.list_users")
+@app.task(name=f"{_NAME_PREFIX}.list_users", throws=CLIENT_ERRORS)
 def list_users(**filters: Any) -> list[User]:
     """All users, or only those named ``name``. Any other filter is refused by name,
     so a typo in a query string fails loudly instead of listing everyone."""
@@ -115,13 +121,13 @@ def list_users(**filters: Any) -> list[User]:
     return storage.list_users(None if name is None else parse_name(name))
 
 
-@app.task(name=f"{_NAME_PREFIX}.create_user")
+@app.task(name=f"{_NAME_PREFIX}.create_user", throws=CLIENT_ERRORS)
 def create_user(name: str, email: str | None = None) -> User:
     """Create a user; ValueError if ``name`` is empty or ``email`` has no ``@``."""
     return storage.create_user(parse_name(name), parse_email(email))
 
 
-@app.task(name=f"{_NAME_PREFIX}.get_user")
+@app.task(name=f"{_NAME_PREFIX}.get_user", throws=CLIENT_ERRORS)
 def get_user(user_id: int | str) -> User:
     """The user with this id; UserNotFound if there is none."""
     uid = parse_user_id(user_id)
@@ -131,7 +137,7 @@ def get_user(user_id: int | str) -> User:
     return user
 
 
-@app.task(name=f"{_NAME_PREFIX}.update_user")
+@app.task(name=f"{_NAME_PREFIX}.update_user", throws=CLIENT_ERRORS)
 def update_user(user_id: int | str, name: str | None = None,
                 email: str | None = None) -> User:
     """Change ``name`` and/or ``email`` (an empty email clears it); omitted fields stay.
@@ -152,7 +158,7 @@ def update_user(user_id: int | str, name: str | None = None,
     return user
 
 
-@app.task(name=f"{_NAME_PREFIX}.delete_user")
+@app.task(name=f"{_NAME_PREFIX}.delete_user", throws=CLIENT_ERRORS)
 def delete_user(user_id: int | str) -> dict[str, int]:
     """Delete the user; UserNotFound if there is none."""
     uid = parse_user_id(user_id)
@@ -161,15 +167,19 @@ def delete_user(user_id: int | str) -> dict[str, int]:
     return {"deleted": uid}
 
 
-@app.task(bind=True, name=f"{_NAME_PREFIX}.report")
+@app.task(bind=True, name=f"{_NAME_PREFIX}.report", throws=CLIENT_ERRORS)
 def report(self: Task, steps: int | str = 5, delay: float | str = 0.5) -> dict[str, Any]:
     """A slow job: ``steps`` steps of ``delay`` seconds, publishing a PROGRESS state
     (``{"current": i, "total": steps}``) after each, then a summary.
 
-    Bounded (at most 100 steps of 5 s) so one request cannot hold a worker for hours.
+    Bounded (at most 100 steps, 5 s each, 50 s in all) so one request cannot hold a worker
+    for long, and the waiting route (60 s) always sees the end.
     """
     total = parse_int(steps, "steps", 1, MAX_REPORT_STEPS)
     pause = parse_float(delay, "delay", 0.0, MAX_REPORT_DELAY)
+    if total * pause > MAX_REPORT_SECONDS:
+        raise ValueError(f"steps * delay must be at most {MAX_REPORT_SECONDS:g} s, "
+                         f"got {total} * {pause:g} = {total * pause:g} s")
     started = time.monotonic()
     for current in range(1, total + 1):
         time.sleep(pause)
