@@ -9,6 +9,7 @@
     │   └── TaskTimeout           no ready state arrived in time (also a TimeoutError)
     ├── BrokerError               talking to RabbitMQ went wrong
     │   ├── BrokerUnavailable     no connection, or the broker blocked us: retry later
+    │   │   └── Overloaded        too many results awaited at once (``max_pending``): shed load
     │   └── PublishError          the broker refused the message (nack, unroutable, channel closed)
     ├── ResultDecodeError         a reply came in a content type the app does not accept
     ├── ConfigurationError        a bad broker URL, option or route, found before any I/O
@@ -126,3 +127,13 @@ class RequestError(TCeleryError):
         self.status = status
         self.message = message
         self.detail = detail
+
+
+class Overloaded(BrokerUnavailable):
+    """The process already awaits ``max_pending`` results: a new waiting send is refused at
+    once, before anything is published, rather than piling up. Fire-and-forget sends are not
+    bounded by it. Retry after ``retry_after`` seconds, as for any BrokerUnavailable."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, limit: int = 0) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.limit = limit
