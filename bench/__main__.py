@@ -1,0 +1,199 @@
+"""``python -m bench [--smoke]``: the whole benchmark, from a bare machine to results/.
+
+Steps: install ``ab`` if missing; create the RabbitMQ vhost; start the shared worker and seed
+the example's database; for each server (hello world, executor bridge, Flower, ours) start it,
+warm up, run ``ab`` per profile and repetition, stop it; run the memory test; write
+``bench/results/latest.{md,json,png}`` (``--smoke``: ``bench/results/tmp/smoke.*``). Every
+child process is stopped at the end, on error and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import shlex
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench import analysis, broker, memory, procs, report, system
+from bench.config import BROKER_URL, QUEUE, REDIS_URL, RESULTS_DIR, ROOT, TMP_DIR, VHOST
+from bench.lineup import lineup
+from bench.plan import FULL, SMOKE, Plan
+from bench.runner import Row, bench_server
+from bench.worker import seed_users, start_worker, worker_env
+
+NOTES = [
+    "Everything runs on this machine over loopback: RabbitMQ (vhost `{vhost}`, so the "
+    "example's queue name cannot collide with other users of the broker), Redis "
+    "(`{redis}`, Flower's result backend only), one Celery worker, one web server at a time, "
+    "and `ab` without keep-alive, as in the seed.",
+    "One worker serves every server: `celery -A bench.worker_app worker -Q {queue} -c 2 -P "
+    "prefork -l WARNING`, run from `example/`. `bench.worker_app` is the example's Celery app "
+    "(`backend.v1`, `rpc://` results, JSON, `task_track_started`) plus two bench tasks, so "
+    "every server runs the example's `list_users` body against the same SQLite file (10 users).",
+    "(a) hello world answers the very bytes `list_users` returns as compact JSON, with no "
+    "task; it is the bound for one Tornado process on this machine.",
+    "(b) the executor bridge: Tornado + `run_in_executor` on a 32-thread pool around "
+    "`apply_async().get()` (waiting) or `apply_async` (fire and forget), a Celery app with "
+    "`rpc://` and a 32-connection producer pool.",
+    "(c) Flower {flower} with its defaults, `FLOWER_UNAUTHENTICATED_API=true` and "
+    "`--enable_events=False` (otherwise Flower turns on task events in the shared worker, "
+    "which would tax every server; without them Flower is only faster). Its "
+    "`/api/task/apply` hangs with `rpc://`, so it calls `bench.list_users_redis`, the same "
+    "body with a Redis result backend: Flower with the backend it works with. Requests are "
+    "`POST` with body `{{}}`.",
+    "(d) ours: `example/main.py --port N` unchanged, `/v1/user` (waiting) and "
+    "`/v1/async_user` (fire and forget, 202 after the broker's publisher confirm).",
+    "Each run: `ab -t LIMIT -n N -c C URL` (the limit only bounds a stuck run). req/s is ab's; "
+    "the table gives the median of the runs and their min and max; failed and non-2xx are "
+    "summed over the runs; p50/p99 are ab's percentiles (medians over runs). Web CPU ms/req "
+    "is the server process's user+system CPU during the run over completed requests; worker "
+    "CPU ms/req is the worker's whole process tree's, measured until it has drained the "
+    "queue. Web peak RSS is sampled every 50 ms.",
+    "Before each endpoint's runs: a warm-up ab run (not recorded). After every run the runner "
+    "waits for the queue to empty and the worker to go idle.",
+]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few hundred requests per server, one run, small memory test")
+    parser.add_argument("--runs", type=int, help="repetitions per profile (default 3)")
+    parser.add_argument("--servers", default="hello,bridge,flower,ours",
+                        help="comma-separated subset of hello,bridge,flower,ours")
+    parser.add_argument("--memory-requests", type=int,
+                        help="waiting requests in the memory test (default 10000; 0 skips it)")
+    parser.add_argument("--out", type=Path, help="results directory")
+    parser.add_argument("--stem", help="results file name without extension")
+    return parser.parse_args(argv)
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    plan = SMOKE if args.smoke else FULL
+    changes: dict[str, Any] = {}
+    if args.runs:
+        changes["runs"] = args.runs
+    if args.memory_requests is not None:
+        changes["memory_requests"] = args.memory_requests
+    if changes:
+        from dataclasses import replace
+        plan = replace(plan, **changes)
+    return plan
+
+
+def _prune_tmp(keep: int = 5) -> None:
+    """Keep the logs of the last few runs only."""
+    if not TMP_DIR.exists():
+        return
+    runs = sorted((p for p in TMP_DIR.iterdir() if p.is_dir() and p.name.startswith("run-")),
+                  key=lambda p: p.stat().st_mtime)
+    for old in runs[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _memory_test(plan: Plan, tmp: Path, log: Any) -> dict[str, Any]:
+    from bench.lineup import _example_missing
+
+    reason = _example_missing()
+    if reason:
+        return {"skipped": reason}
+    port = procs.free_port()
+    server = procs.Managed("ours_hold", [sys.executable, "-m", "bench.servers.ours_hold",
+                                         "--port", str(port)], cwd=ROOT, log_dir=tmp)
+    try:
+        server.wait_http(f"http://127.0.0.1:{port}/pending", 30)
+        result = asyncio.run(memory.run(port, server.pid, plan.memory_requests,
+                                        warmup=min(500, plan.memory_requests)))
+        if result.error:
+            log(f"  ! memory test: {result.error}\n{server.tail(1500)}")
+        return result.to_dict()
+    finally:
+        server.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = _plan(args)
+    started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
+    out_dir = args.out or (TMP_DIR if plan.smoke else RESULTS_DIR)
+    stem = args.stem or ("smoke" if plan.smoke else "latest")
+    wanted = [s.strip() for s in args.servers.split(",") if s.strip()]
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    system.ensure_tools()
+    system.raise_fd_limit(plan.memory_requests + 4096)
+    _prune_tmp()
+    tmp = (TMP_DIR / f"run-{started:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}").resolve()
+    tmp.mkdir(parents=True)
+    meta = {"command": shlex.join(["python", "-m", "bench", *sys.argv[1:]]),
+            "started": f"{started:%Y-%m-%d %H:%M UTC}", "smoke": plan.smoke,
+            "plan": {"profiles": [p.__dict__ for p in plan.profiles], "runs": plan.runs,
+                     "memory_requests": plan.memory_requests},
+            "logs": str(tmp), **system.describe()}
+    meta["notes"] = [n.format(vhost=VHOST, redis=REDIS_URL, queue=QUEUE,
+                              flower=meta["versions"]["flower"]) for n in NOTES]
+    log(f"bench: {'smoke' if plan.smoke else 'full'} run, logs in {tmp}")
+
+    broker.ensure_vhost()
+    broker.purge(QUEUE)
+    worker = start_worker(tmp)
+    seed_users(tmp)
+    rows: list[Row] = []
+    skipped: dict[str, str] = {}
+    for spec in lineup(worker_env(tmp)):
+        if spec.key not in wanted:
+            continue
+        reason = spec.unavailable()
+        if reason:
+            skipped[spec.key] = reason
+            log(f"- {spec.key}: skipped ({reason})")
+            continue
+        if not worker.alive():
+            raise procs.StartError(f"the worker died:\n{worker.tail()}")
+        log(f"- {spec.key}: {spec.label}")
+        try:
+            rows += bench_server(spec, plan, worker, tmp, log)
+        except procs.StartError as exc:
+            log(f"  ! {exc}")
+            rows.append(Row(spec.key, spec.label, "error", "-", 0, 0, "", error=str(exc)))
+    memory_result: dict[str, Any] = {"skipped": "--memory-requests 0"}
+    if plan.memory_requests:
+        log(f"- memory: {plan.memory_requests} waiting requests on one process of ours")
+        memory_result = _memory_test(plan, tmp, log)
+        if "rss_per_request" in memory_result:
+            log(f"  {memory_result['rss_per_request']:.0f} bytes RSS per waiting request, "
+                f"{memory_result['ok_200']} of {plan.memory_requests} answered 200")
+    procs.stop_all()
+
+    row_dicts = [r.to_dict() for r in rows]
+    meta["duration_s"] = round(time.monotonic() - t0, 1)
+    data = {"meta": meta, "rows": row_dicts, "skipped": skipped,
+            "ratios": analysis.ratios(row_dicts), "memory": memory_result,
+            "targets": {p: analysis.targets(row_dicts, memory_result, p)
+                        for p in analysis.profiles(row_dicts)}}
+    paths = report.write(data, out_dir, stem)
+    log(f"bench: done in {meta['duration_s']:.0f} s; wrote "
+        + ", ".join(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p)
+                    for p in paths.values()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    procs.install_cleanup()
+    try:
+        return run(args)
+    finally:
+        procs.stop_all()
+
+
+if __name__ == "__main__":
+    assert BROKER_URL  # configuration imported before any child starts
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Resource use of the processes under test: CPU time and peak RSS, read with psutil.
+
+CPU per request is ``(user + system CPU seconds after - before) / completed requests`` of the
+web process (and, separately, of the worker's whole process tree: parent plus pool
+children). Peak RSS is sampled every 50 ms by a background thread during each run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+
+import psutil  # type: ignore[import-untyped]
+
+
+def cpu_seconds(pid: int, *, tree: bool = False) -> float:
+    """User + system CPU seconds of ``pid`` (plus its live descendants when ``tree``)."""
+    procs = [psutil.Process(pid)]
+    if tree:
+        procs += procs[0].children(recursive=True)
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    return int(psutil.Process(pid).memory_info().rss)
+
+
+class RssSampler:
+    """Samples a process's RSS in a thread; ``peak`` is the highest value seen."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = rss_bytes(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rss-{pid}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.peak = max(self.peak, rss_bytes(self.pid))
+            except psutil.Error:
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        with contextlib.suppress(psutil.Error):
+            self.peak = max(self.peak, rss_bytes(self.pid))
+
+
+@dataclass
+class Usage:
+    """CPU seconds spent by the web process and by the worker tree over one interval."""
+
+    web_cpu_s: float
+    worker_cpu_s: float
+
+
+class UsageMeter:
+    """Snapshot CPU of the web process and the worker tree at start, diff at ``stop``."""
+
+    def __init__(self, web_pid: int, worker_pid: int | None) -> None:
+        self.web_pid, self.worker_pid = web_pid, worker_pid
+        self._web0 = cpu_seconds(web_pid)
+        self._worker0 = cpu_seconds(worker_pid, tree=True) if worker_pid else 0.0
+
+    def web(self) -> float:
+        return cpu_seconds(self.web_pid) - self._web0
+
+    def worker(self) -> float:
+        if not self.worker_pid:
+            return 0.0
+        return cpu_seconds(self.worker_pid, tree=True) - self._worker0
+
+    def stop(self) -> Usage:
+        return Usage(web_cpu_s=self.web(), worker_cpu_s=self.worker())

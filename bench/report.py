@@ -1,0 +1,193 @@
+"""Write a run's results: ``latest.json`` (everything), ``latest.md`` (tables), ``latest.png``.
+
+The Markdown is what the README's "Benchmarks" section quotes; the JSON is what the smoke
+test and any re-analysis read; the chart shows req/s (median, min-max bars) and web CPU per
+request for every server and mode, with the seed's published numbers as reference lines.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import analysis
+from bench.lineup import BOUND, FIRE_AND_FORGET, WAITING
+
+MODE_LABEL = {WAITING: "waiting", FIRE_AND_FORGET: "fire and forget", BOUND: "no task (bound)"}
+SHORT_MODE = {WAITING: "waiting", FIRE_AND_FORGET: "fire+forget", BOUND: "no task"}
+SERVER_ORDER = ("hello", "bridge", "flower", "ours")
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "**NO**"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(line) + " |" for line in lines]
+    return out
+
+
+def _sorted_rows(rows: Sequence[Mapping[str, Any]], profile: str) -> list[Mapping[str, Any]]:
+    mine = [r for r in rows if r["profile"] == profile]
+    order = {k: i for i, k in enumerate(SERVER_ORDER)}
+    modes = {BOUND: 0, WAITING: 1, FIRE_AND_FORGET: 2}
+    return sorted(mine, key=lambda r: (modes.get(r["mode"], 9), order.get(r["server"], 9)))
+
+
+def throughput_table(rows: Sequence[Mapping[str, Any]], profile: str) -> list[str]:
+    header = ["server", "mode", "req/s (median)", "min", "max", "complete", "failed",
+              "non-2xx", "p50 ms", "p99 ms", "web peak RSS MB", "web CPU ms/req",
+              "worker CPU ms/req", "body bytes"]
+    lines = []
+    for row in _sorted_rows(rows, profile):
+        s = row["summary"]
+        name = f"**{row['label']}**" if row["server"] == "ours" else row["label"]
+        if not s:
+            lines.append([name, MODE_LABEL.get(row["mode"], row["mode"]),
+                          f"error: {row['error'][:80]}", *["—"] * 11])
+            continue
+        lines.append([name, MODE_LABEL.get(row["mode"], row["mode"]),
+                      _fmt(s["rps_median"]), _fmt(s["rps_min"]), _fmt(s["rps_max"]),
+                      _fmt(s["complete"]), _fmt(s["failed"]), _fmt(s["non_2xx"]),
+                      _fmt(s["p50_ms"], 0), _fmt(s["p99_ms"], 0), _fmt(s["peak_rss_mb"]),
+                      _fmt(s["web_cpu_ms_per_req"], 2), _fmt(s["worker_cpu_ms_per_req"], 2),
+                      _fmt(s["document_length"])])
+    return _table(header, lines)
+
+
+def ratio_table(ratios: Sequence[Mapping[str, Any]]) -> list[str]:
+    header = ["profile", "mode", "ours / bridge", "ours / Flower", "ours / hello world",
+              "ours / seed", "web CPU per req: ours / hello world"]
+    lines = [[r["profile"], MODE_LABEL[r["mode"]], *(_fmt(r[k], 2) + ("x" if r[k] else "")
+                                                       for k in ("rps_vs_bridge", "rps_vs_flower",
+                                                                 "rps_vs_hello", "rps_vs_seed",
+                                                                 "cpu_vs_hello"))]
+             for r in ratios]
+    return _table(header, lines)
+
+
+def memory_lines(memory: Mapping[str, Any] | None) -> list[str]:
+    if not memory:
+        return ["Not run."]
+    if memory.get("skipped"):
+        return [f"Skipped: {memory['skipped']}"]
+    mb = 2**20
+    lines = [
+        f"One Tornado process of ours (`bench/servers/ours_hold.py`, `tcelery_routes` on "
+        f"`bench.hold`) held **{memory['waiting_reached']:,}** of {memory['requests']:,} "
+        f"requests waiting at once (the producer's pending results).",
+        "",
+        f"- RSS before: {memory['baseline_rss'] / mb:.1f} MB; while holding: "
+        f"{memory['holding_rss'] / mb:.1f} MB",
+        f"- **RSS per waiting request: {memory['rss_per_request'] / 1000:.1f} KB** "
+        f"({memory['rss_per_request']:,.0f} bytes)",
+        f"- after release: {memory['ok_200']:,} answered 200, {memory['errors']:,} did not; "
+        f"opening took {memory['connect_s']} s, draining {memory['release_s']} s",
+    ]
+    if memory.get("error"):
+        lines.append(f"- error: {memory['error']}")
+    return lines
+
+
+def target_table(checks: Sequence[Mapping[str, Any]]) -> list[str]:
+    return _table(["target", "measured", "required", "holds"],
+                  [[c["target"], _fmt(c["value"], 2), c["required"], _fmt(c["holds"])]
+                   for c in checks])
+
+
+def markdown(data: Mapping[str, Any]) -> str:
+    meta, rows = data["meta"], data["rows"]
+    machine, versions = meta["machine"], meta["versions"]
+    out = [
+        "# Benchmark results" + (" (smoke run: tiny, not for comparison)" if meta["smoke"] else ""),
+        "",
+        f"`{meta['command']}`, {meta['started']} ({meta['duration_s']:.0f} s).",
+        "",
+        f"Machine: {machine['nproc']} CPUs ({machine['cpu_model']}), {machine['ram_gib']} GiB RAM, "
+        f"{machine['os']}; load average at start {machine['load_avg_at_start']}.",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+        "",
+    ]
+    for profile in analysis.profiles(rows):
+        spec = next(r for r in rows if r["profile"] == profile)
+        runs = max((r["summary"].get("runs", 0) for r in rows if r["profile"] == profile),
+                   default=0)
+        out += [f"## `ab -n {spec['requests']} -c {spec['concurrency']}` ({profile}; "
+                f"median of {runs} run{'s' if runs != 1 else ''})", ""]
+        out += [*throughput_table(rows, profile), ""]
+    if data["ratios"]:
+        out += ["## Ratios (median req/s)", "", *ratio_table(data["ratios"]), ""]
+    out += ["## Memory: 10,000 waiting requests" if not meta["smoke"] else "## Memory", ""]
+    out += [*memory_lines(data.get("memory")), ""]
+    for profile, checks in data["targets"].items():
+        if checks:
+            out += [f"## Targets of issue 4 ({profile})", "", *target_table(checks), ""]
+    if data.get("skipped"):
+        out += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in data["skipped"].items()] + [""]
+    out += ["## How this was measured", ""] + [f"- {note}" for note in meta["notes"]] + [""]
+    return "\n".join(out)
+
+
+def chart(data: Mapping[str, Any], path: Path) -> None:
+    """req/s (median bars, min-max whiskers) and web CPU ms/request, one column per profile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    profs = analysis.profiles(rows)
+    fig, axes = plt.subplots(2, max(1, len(profs)), figsize=(6.5 * max(1, len(profs)), 8),
+                             squeeze=False)
+    colors = {"hello": "#999999", "bridge": "#e69f00", "flower": "#56b4e9", "ours": "#009e73"}
+    for col, profile in enumerate(profs):
+        mine = [r for r in _sorted_rows(rows, profile) if r["summary"]]
+        labels = [f"{r['server']}\n{SHORT_MODE[r['mode']]}" for r in mine]
+        x = list(range(len(mine)))
+        med = [r["summary"]["rps_median"] or 0 for r in mine]
+        low = [m - (r["summary"]["rps_min"] or m) for m, r in zip(med, mine, strict=True)]
+        high = [(r["summary"]["rps_max"] or m) - m for m, r in zip(med, mine, strict=True)]
+        color = [colors.get(r["server"], "#333333") for r in mine]
+        ax = axes[0][col]
+        ax.bar(x, med, yerr=[low, high], color=color, capsize=4)
+        for mode, style in ((WAITING, ":"), (FIRE_AND_FORGET, "--")):
+            ax.axhline(analysis.SEED_RPS[mode], color="#cc0000", linestyle=style, linewidth=1,
+                       label=f"seed, {MODE_LABEL[mode]} ({analysis.SEED_RPS[mode]})")
+        ax.set_title(f"req/s, ab -n {mine[0]['requests'] if mine else '?'} "
+                     f"-c {mine[0]['concurrency'] if mine else '?'} ({profile})")
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.legend(fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+        cpu_ax = axes[1][col]
+        cpu_ax.bar(x, [r["summary"]["web_cpu_ms_per_req"] or 0 for r in mine], color=color)
+        cpu_ax.set_title("web process CPU ms per request (lower is better)")
+        cpu_ax.set_xticks(x, labels, fontsize=8)
+        cpu_ax.grid(axis="y", alpha=0.3)
+    machine = data["meta"]["machine"]
+    fig.suptitle(f"tcelery-req-handler vs peers — {machine['nproc']} CPUs "
+                 f"{machine['cpu_model']}" + (" — SMOKE RUN" if data["meta"]["smoke"] else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(data: dict[str, Any], out_dir: Path, stem: str = "latest") -> dict[str, Path]:
+    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("json", "md", "png")}
+    paths["json"].write_text(json.dumps(data, indent=1) + "\n")
+    paths["md"].write_text(markdown(data))
+    chart(data, paths["png"])
+    return paths

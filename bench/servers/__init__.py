@@ -1,0 +1,1 @@
+"""The servers the benchmark compares; one module each, each runnable with ``python -m``."""

@@ -1,0 +1,33 @@
+"""What the benchmark's own servers share: command line, JSON bytes, listening."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import tornado.web
+from tornado.httpserver import HTTPServer
+
+from bench.config import HOST
+
+
+def parse_args(description: str, argv: Sequence[str] | None = None,
+               extra: Sequence[tuple[str, dict[str, Any]]] = ()) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--port", type=int, required=True)
+    for flag, options in extra:
+        parser.add_argument(flag, **options)
+    return parser.parse_args(argv)
+
+
+async def serve(app: tornado.web.Application, port: int, *, backlog: int = 128) -> None:
+    """Listen on loopback and run until the process is terminated.
+
+    Every server of the benchmark uses Tornado's defaults (backlog 128, no xheaders, no
+    compression) unless a test needs otherwise, so none gets a setting the others lack.
+    """
+    server = HTTPServer(app)
+    server.listen(port, HOST, backlog=backlog)
+    await asyncio.Event().wait()
