@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import pickle
+import threading
 import time
 from pathlib import Path
 
@@ -234,3 +235,18 @@ async def test_setup_nonblocking_producer_installs_the_default(workers: object) 
         await producer.close()
     with pytest.raises(ConfigurationError):
         get_producer()
+
+
+async def test_ten_thousand_concurrent_waits_share_one_connection(producer: Producer) -> None:
+    threads_before = threading.active_count()
+    connection = producer._conn
+    results = await asyncio.gather(*(producer.apply_async(worker_app.add, (i, 1))
+                                     for i in range(10_000)))
+    waits = [asyncio.ensure_future(r.get(timeout=90)) for r in results]
+    await asyncio.sleep(0)  # every get() is now parked on the loop
+    assert threading.active_count() == threads_before  # no thread per wait
+    assert len(asyncio.all_tasks()) >= 10_000
+    values = await asyncio.gather(*waits)
+    assert values == [i + 1 for i in range(10_000)]
+    assert threading.active_count() == threads_before
+    assert producer._conn is connection  # one connection carried all of it
