@@ -6,14 +6,17 @@
 * PostgreSQL: ``DATABASE_URL=postgresql://user@host:port/db``, through psycopg 3
   (``pip install 'psycopg[binary]'``), imported only in that case.
 
-Every call opens its own connection, runs one transaction and closes it. That is the simple
-way to be correct in a prefork worker: no connection is ever shared across a fork, and a
-database restart costs one failed task, not a broken process. The table is created on first
-use in each process (and again if the SQLite file disappears).
+Every call runs one transaction. Connections are never shared across a fork, which is what
+a prefork worker needs: SQLite opens one per call (it costs microseconds); PostgreSQL keeps
+one per process, opened in that process on first use and replaced when the server dropped
+it (a server restart between tasks fails no task; a transaction cut short fails its task and
+is never retried). The table is
+created on first use in each process (and again if the SQLite file disappears).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -52,6 +55,8 @@ CREATE TABLE IF NOT EXISTS users (
 
 #: Databases whose schema this process has already ensured (SQLite paths, PostgreSQL URLs).
 _ready: set[str] = set()
+#: This process's PostgreSQL connection: (pid that opened it, URL, connection).
+_pg: tuple[int, str, Any] | None = None
 
 
 class User(TypedDict):
@@ -156,6 +161,29 @@ def _sqlite_session(path: Path) -> Iterator[_Session]:
     _ready.add(key)
 
 
+def _postgres_connection(psycopg: Any, url: str, *, fresh: bool = False) -> Any:
+    """This process's PostgreSQL connection (autocommit; sessions send BEGIN/COMMIT).
+
+    Reused across tasks because a new PostgreSQL connection costs about 10 ms (the server
+    forks a backend), ten times a typical query. It belongs to the process that opened it:
+    one inherited through a fork is dropped, never used nor closed here (closing would end
+    the parent's session on the shared socket; psycopg's own finaliser skips it too).
+    """
+    global _pg
+    if _pg is not None:
+        pid, cached_url, conn = _pg
+        mine = pid == os.getpid()
+        if mine and cached_url == url and not fresh and not conn.closed and not conn.broken:
+            return conn
+        _pg = None
+        if mine:
+            with contextlib.suppress(Exception):
+                conn.close()
+    conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+    _pg = (os.getpid(), url, conn)
+    return conn
+
+
 @contextmanager
 def _postgres_session(url: str) -> Iterator[_Session]:
     try:
@@ -163,14 +191,29 @@ def _postgres_session(url: str) -> Iterator[_Session]:
     except ImportError as exc:
         raise RuntimeError("DATABASE_URL is a PostgreSQL URL but psycopg 3 is not installed: "
                            "pip install 'psycopg[binary]>=3.1'") from exc
-    # ``with`` on a psycopg 3 connection commits (or rolls back) and closes it.
-    with psycopg.connect(url, connect_timeout=10) as conn:
+    conn = _postgres_connection(psycopg, url)
+    try:
+        conn.execute("BEGIN")
+    except psycopg.OperationalError:
+        if not conn.broken:
+            raise
+        # The server closed our idle connection (restart, idle timeout). Nothing of this
+        # session ran yet, so one retry on a new connection is safe.
+        conn = _postgres_connection(psycopg, url, fresh=True)
+        conn.execute("BEGIN")
+    try:
         if url not in _ready:
             # Two worker processes racing CREATE TABLE IF NOT EXISTS can still collide in
             # the catalog; a transaction-scoped advisory lock serialises them.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('tcelery_example.users'))")
             conn.execute(_POSTGRES_SCHEMA)
         yield _Session(conn, "%s")
+    except BaseException:
+        if not conn.broken:  # a broken connection is replaced on the next call
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
     _ready.add(url)
 
 
