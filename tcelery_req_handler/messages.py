@@ -7,12 +7,15 @@ This module does no I/O.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from celery import Celery
+from celery.app.routes import MapRoute
+from celery.utils.nodenames import anon_nodename
 from celery.utils.time import maybe_make_aware
 from kombu import Exchange, Queue
 from kombu.compression import compress
@@ -108,26 +111,156 @@ class TaskMessage:
     declare: Queue | None
 
 
-def _delivery_mode(app: Celery, explicit: Any, queue: Queue | None) -> int:
-    mode = explicit
-    if mode is None and queue is not None and queue.exchange is not None:
-        mode = queue.exchange.delivery_mode
-    if mode is None:
-        mode = app.conf.task_default_delivery_mode
-    mode = _DELIVERY_MODES.get(mode, mode)
-    if mode not in (1, 2):
-        raise ConfigurationError(f"delivery_mode must be 1, 2, 'transient' or 'persistent', "
-                                 f"not {mode!r}")
-    return int(mode)
+_ROUTING_OPTIONS = frozenset({"queue", "exchange", "routing_key", "exchange_type", "priority"})
 
 
-def _expiration_seconds(app: Celery, expires: Any) -> float:
-    if isinstance(expires, datetime):
-        now = app.now()
-        return max(float((maybe_make_aware(expires) - now).total_seconds()), 0.0)
-    if isinstance(expires, str):
-        return max(float((datetime.fromisoformat(expires) - app.now()).total_seconds()), 0.0)
-    return max(float(expires), 0.0)
+class MessageBuilder:
+    """Builds messages for one app, caching what does not change per message.
+
+    The app's serializer, compression and delivery mode are read once; routes are cached per
+    task name when every router is a plain name map (``task_routes`` dicts and patterns);
+    short ``argsrepr``/``kwargsrepr`` use ``repr`` instead of the much slower ``saferepr``.
+    Celery's ``app.amqp`` still builds and routes every message.
+    """
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.amqp = app.amqp
+        conf = app.conf
+        self.serializer: str = conf.task_serializer
+        self.compression: str | None = conf.task_compression
+        self.delivery_mode: Any = conf.task_default_delivery_mode
+        self.default_exchange: str = conf.task_default_exchange
+        self.default_routing_key: str = conf.task_default_routing_key
+        self.repr_maxsize = min(self.amqp.argsrepr_maxsize, self.amqp.kwargsrepr_maxsize)
+        self.origin = anon_nodename()
+        self._routes: dict[str, dict[str, Any]] | None = (
+            {} if all(isinstance(r, MapRoute) for r in self.amqp.routes) else None)
+
+    def _repr(self, value: Any) -> str | None:
+        text = repr(value)
+        return text if len(text) <= self.repr_maxsize else None  # None: saferepr truncates
+
+    def _route(self, opts: dict[str, Any], name: str, args: tuple[Any, ...],
+               kwargs: dict[str, Any], task_type: Any) -> dict[str, Any]:
+        cache = self._routes
+        if cache is None or not _ROUTING_OPTIONS.isdisjoint(opts):
+            return dict(self.amqp.router.route(opts, name, args, kwargs, task_type))
+        route = cache.get(name)
+        if route is None:
+            route = cache[name] = self.amqp.router.route({}, name, args, kwargs, task_type)
+        return {**route, **opts}
+
+    def _delivery_mode(self, explicit: Any, queue: Queue | None) -> int:
+        mode = explicit
+        if mode is None and queue is not None and queue.exchange is not None:
+            mode = queue.exchange.delivery_mode
+        if mode is None:
+            mode = self.delivery_mode
+        mode = _DELIVERY_MODES.get(mode, mode)
+        if mode not in (1, 2):
+            raise ConfigurationError(f"delivery_mode must be 1, 2, 'transient' or "
+                                     f"'persistent', not {mode!r}")
+        return int(mode)
+
+    def _expiration_seconds(self, expires: Any) -> float:
+        if isinstance(expires, datetime):
+            delta = maybe_make_aware(expires) - self.app.now()
+        elif isinstance(expires, str):
+            delta = datetime.fromisoformat(expires) - self.app.now()
+        else:
+            return max(float(expires), 0.0)
+        return max(float(delta.total_seconds()), 0.0)
+
+    def build(self, name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
+              options: Mapping[str, Any], reply_to: str, task_type: Any = None) -> TaskMessage:
+        """Build, route and serialize one task message with ``app.amqp``.
+
+        ``options`` are ``apply_async`` options (already checked); a registered task's own
+        execution options (its queue, serializer, ...) apply first, as in Celery.
+        """
+        opts: dict[str, Any] = {}
+        if task_type is not None and hasattr(task_type, "_get_exec_options"):
+            opts.update((k, v) for k, v in task_type._get_exec_options().items()
+                        if v is not None)
+        opts.update(options)
+        args = tuple(args or ())
+        kwargs = dict(kwargs or {})
+
+        task_id = opts.pop("task_id", None) or uuid()
+        expires = opts.pop("expires", None)
+        extra_headers = opts.pop("headers", None)
+        serializer = opts.pop("serializer", None) or self.serializer
+        compression = opts.pop("compression", None) or self.compression
+        delivery_mode = opts.pop("delivery_mode", None)
+        argsrepr = opts.pop("argsrepr", None)
+        kwargsrepr = opts.pop("kwargsrepr", None)
+        headers, properties, body, _ = self.amqp.create_task_message(
+            task_id, name, args, kwargs, opts.pop("countdown", None), opts.pop("eta", None),
+            opts.pop("group_id", None), opts.pop("group_index", None), expires,
+            opts.pop("retries", 0), None,
+            _as_list(opts.pop("link", None)), _as_list(opts.pop("link_error", None)), reply_to,
+            opts.pop("time_limit", None), opts.pop("soft_time_limit", None), False,
+            opts.pop("root_id", None), opts.pop("parent_id", None), opts.pop("shadow", None),
+            None, origin=self.origin, ignore_result=opts.pop("ignore_result", False),
+            argsrepr=self._repr(args) if argsrepr is None else argsrepr,
+            kwargsrepr=self._repr(kwargs) if kwargsrepr is None else kwargsrepr,
+        )
+        if extra_headers:
+            headers.update(extra_headers)
+
+        route = self._route(opts, name, args, kwargs, task_type)
+        queue: Queue | None = route.pop("queue", None)
+        exchange = route.pop("exchange", None)
+        routing_key = route.pop("routing_key", None)
+        exchange_type = route.pop("exchange_type", None)
+        if isinstance(exchange, Exchange):
+            exchange_type = exchange_type or exchange.type
+            exchange = exchange.name
+        if queue is None and exchange is None:
+            queue = self.amqp.default_queue
+        if exchange_type is None:
+            exchange_type = (queue.exchange.type if queue is not None and queue.exchange
+                             else "direct")
+        qname = queue.name if queue is not None else None
+        # Celery's rule: a direct exchange with a missing half goes through the default one.
+        if (not exchange or not routing_key) and exchange_type == "direct":
+            exchange, routing_key = "", qname
+        elif exchange is None:
+            exchange = (queue.exchange.name if queue is not None and queue.exchange else "") \
+                or self.default_exchange
+            routing_key = routing_key or (queue.routing_key if queue is not None else None) \
+                or self.default_routing_key
+        if not routing_key and not exchange:
+            raise ConfigurationError(f"task {name!r} routes nowhere: no queue, exchange or key")
+
+        properties["delivery_mode"] = self._delivery_mode(delivery_mode, queue)
+        priority = route.pop("priority", None)
+        if priority is not None:
+            properties["priority"] = int(priority)
+        if expires is not None:
+            properties["expiration"] = str(int(self._expiration_seconds(expires) * 1000))
+        content_type, content_encoding, payload = dumps(body, serializer=serializer)
+        data = payload.encode(content_encoding) if isinstance(payload, str) else payload
+        if compression:
+            data, headers["compression"] = compress(data, compression)
+        properties["content_type"] = content_type
+        properties["content_encoding"] = content_encoding
+        return TaskMessage(
+            task_id=task_id, name=name, exchange=exchange, routing_key=routing_key or "",
+            body=data, properties=properties, headers=headers, declare=queue,
+        )
+
+
+_builders: weakref.WeakKeyDictionary[Celery, MessageBuilder] = weakref.WeakKeyDictionary()
+
+
+def message_builder(app: Celery) -> MessageBuilder:
+    """The app's builder, made on first use (configure the app before publishing)."""
+    builder = _builders.get(app)
+    if builder is None:
+        builder = _builders[app] = MessageBuilder(app)
+    return builder
 
 
 def build_message(
@@ -139,83 +272,8 @@ def build_message(
     reply_to: str,
     task_type: Any = None,
 ) -> TaskMessage:
-    """Build, route and serialize one task message with ``app.amqp``.
-
-    ``options`` are ``apply_async`` options (already checked); a registered task's own
-    execution options (its queue, priority, serializer, ...) apply first, as in Celery.
-    """
-    opts: dict[str, Any] = {}
-    if task_type is not None and hasattr(task_type, "_get_exec_options"):
-        opts.update((k, v) for k, v in task_type._get_exec_options().items() if v is not None)
-    opts.update(options)
-    args = tuple(args or ())
-    kwargs = dict(kwargs or {})
-
-    task_id = opts.pop("task_id", None) or uuid()
-    countdown = opts.pop("countdown", None)
-    eta = opts.pop("eta", None)
-    expires = opts.pop("expires", None)
-    link = opts.pop("link", None)
-    link_error = opts.pop("link_error", None)
-    extra_headers = opts.pop("headers", None)
-    serializer = opts.pop("serializer", None) or app.conf.task_serializer
-    compression = opts.pop("compression", None) or app.conf.task_compression
-    delivery_mode = opts.pop("delivery_mode", None)
-    amqp = app.amqp
-    message = amqp.create_task_message(
-        task_id, name, args, kwargs, countdown, eta,
-        opts.pop("group_id", None), opts.pop("group_index", None), expires,
-        opts.pop("retries", 0), None,
-        _as_list(link), _as_list(link_error), reply_to,
-        opts.pop("time_limit", None), opts.pop("soft_time_limit", None), False,
-        opts.pop("root_id", None), opts.pop("parent_id", None), opts.pop("shadow", None), None,
-        ignore_result=opts.pop("ignore_result", False),
-        argsrepr=opts.pop("argsrepr", None), kwargsrepr=opts.pop("kwargsrepr", None),
-    )
-    headers, properties, body, _ = message
-    if extra_headers:
-        headers.update(extra_headers)
-
-    route = amqp.router.route(opts, name, args, kwargs, task_type)
-    queue: Queue | None = route.pop("queue", None)
-    exchange = route.pop("exchange", None)
-    routing_key = route.pop("routing_key", None)
-    exchange_type = route.pop("exchange_type", None)
-    if isinstance(exchange, Exchange):
-        exchange_type = exchange_type or exchange.type
-        exchange = exchange.name
-    if queue is None and exchange is None:
-        queue = amqp.default_queue
-    if exchange_type is None:
-        exchange_type = queue.exchange.type if queue is not None and queue.exchange else "direct"
-    qname = queue.name if queue is not None else None
-    # Celery's rule: a direct exchange with a missing half goes through the default exchange.
-    if (not exchange or not routing_key) and exchange_type == "direct":
-        exchange, routing_key = "", qname
-    elif exchange is None:
-        exchange = (queue.exchange.name if queue is not None and queue.exchange else "") or \
-            app.conf.task_default_exchange
-        routing_key = routing_key or (queue.routing_key if queue is not None else None) or \
-            app.conf.task_default_routing_key
-    if not routing_key and not exchange:
-        raise ConfigurationError(f"task {name!r} routes nowhere: no queue, exchange or key")
-
-    properties["delivery_mode"] = _delivery_mode(app, delivery_mode, queue)
-    priority = route.pop("priority", None)
-    if priority is not None:
-        properties["priority"] = int(priority)
-    if expires is not None:
-        properties["expiration"] = str(int(_expiration_seconds(app, expires) * 1000))
-    content_type, content_encoding, payload = dumps(body, serializer=serializer)
-    data = payload.encode(content_encoding) if isinstance(payload, str) else payload
-    if compression:
-        data, headers["compression"] = compress(data, compression)
-    properties["content_type"] = content_type
-    properties["content_encoding"] = content_encoding
-    return TaskMessage(
-        task_id=task_id, name=name, exchange=exchange, routing_key=routing_key or "",
-        body=data, properties=properties, headers=headers, declare=queue,
-    )
+    """Build, route and serialize one task message for ``app`` (see MessageBuilder.build)."""
+    return message_builder(app).build(name, args, kwargs, options, reply_to, task_type)
 
 
 def _as_list(value: Any) -> list[Any] | None:

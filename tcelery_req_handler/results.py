@@ -37,8 +37,8 @@ class TaskResult:
     the exception info (for FAILURE) or the meta of an intermediate state (e.g. PROGRESS).
     """
 
-    __slots__ = ("__weakref__", "_default_timeout", "_error", "_followers", "_tracked",
-                 "_waiters", "children", "date_done", "result", "state", "task_id", "traceback")
+    __slots__ = ("__weakref__", "_default_timeout", "_error", "_followers", "_history",
+                 "_tracked", "_waiters", "children", "date_done", "result", "state", "task_id", "traceback")
 
     def __init__(self, task_id: str, *, default_timeout: float = 30.0, tracked: bool = True):
         self.task_id = task_id
@@ -52,6 +52,7 @@ class TaskResult:
         self._error: BaseException | None = None
         self._waiters: list[asyncio.Future[None]] | None = None
         self._followers: list[asyncio.Queue[_QueueItem]] | None = None
+        self._history: list[_QueueItem] | None = None
 
     def __repr__(self) -> str:
         return f"<TaskResult {self.task_id} {self.state}>"
@@ -135,8 +136,8 @@ class TaskResult:
         )
 
     async def states(self, timeout: float | None = None) -> AsyncIterator[tuple[str, Any]]:
-        """Follow the task: yield ``(state, meta)`` for each state received, ending at a
-        ready state. The current state comes first unless it is PENDING.
+        """Follow the task: yield ``(state, meta)`` for each state received, from the first
+        (states that arrived before the call are replayed), ending at a ready state.
         ``timeout`` bounds the whole follow; TaskTimeout when it runs out.
         """
         if not self._tracked:
@@ -144,8 +145,10 @@ class TaskResult:
         limit = self._default_timeout if timeout is None else timeout
         deadline = asyncio.get_running_loop().time() + limit
         queue: asyncio.Queue[_QueueItem] = asyncio.Queue()
-        if self.state != PENDING or self._error is not None:
-            queue.put_nowait((self.state, self.result))
+        for item in self._history or ():
+            queue.put_nowait(item)
+        if self._error is not None:
+            queue.put_nowait(("ERROR", str(self._error)))
         if self._followers is None:
             self._followers = []
         self._followers.append(queue)
@@ -171,6 +174,9 @@ class TaskResult:
         self.traceback = meta.get("traceback")
         self.children = meta.get("children")
         self.date_done = meta.get("date_done")
+        if self._history is None:
+            self._history = []
+        self._history.append((self.state, self.result))
         if self._followers:
             for queue in self._followers:
                 queue.put_nowait((self.state, self.result))
