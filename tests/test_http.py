@@ -34,8 +34,9 @@ Fetch = Callable[..., "asyncio.Future[HTTPResponse]"]
 class Server:
     """A real Tornado HTTP server on a free loopback port, in the test's event loop."""
 
-    def __init__(self, rules: list[Any], **settings: Any) -> None:
-        app = Application(rules, default_handler_class=TCeleryNotFoundHandler, **settings)
+    def __init__(self, rules: list[Any] | Application, **settings: Any) -> None:
+        app = rules if isinstance(rules, Application) else Application(
+            rules, default_handler_class=TCeleryNotFoundHandler, **settings)
         sock, self.port = bind_unused_port()
         self.server = HTTPServer(app, max_body_size=64 * 1024 * 1024)
         self.server.add_sockets([sock])

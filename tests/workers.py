@@ -41,7 +41,7 @@ class CeleryWorker:
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         marker = Path(self.ready_dir, self.name)
-        while not marker.exists():
+        while not (marker.exists() or self._says_ready()):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"celery worker {self.name} exited with "
                                    f"{self.proc.returncode}:\n{self.log()}")
@@ -51,6 +51,11 @@ class CeleryWorker:
                                    f"{self.log()}")
             time.sleep(0.1)
         return self
+
+    def _says_ready(self) -> bool:
+        """Celery logs ``<name>@<host> ready.`` at INFO once it consumes (any app)."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return f"{self.name}@" in text and " ready." in text
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]

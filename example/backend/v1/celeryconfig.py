@@ -10,7 +10,8 @@ import os
 
 broker_url: str = os.environ.get("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 result_backend: str = "rpc://"
-task_default_queue: str = "payment_default1"
+# EXAMPLE_QUEUE lets tests and benchmarks use a queue of their own.
+task_default_queue: str = os.environ.get("EXAMPLE_QUEUE", "payment_default1")
 task_serializer: str = "json"
 result_serializer: str = "json"
 accept_content: list[str] = ["json"]
