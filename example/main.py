@@ -41,6 +41,7 @@ from tcelery_req_handler import (  # noqa: E402
     BrokerUnavailable,
     ConfigurationError,
     Producer,
+    TCeleryNotFoundHandler,
     routes,
     setup_nonblocking_producer,
     tcelery_async_routes,
@@ -58,19 +59,23 @@ def make_app(producer: Producer | None = None, **settings: Any) -> tornado.web.A
     ``setup_nonblocking_producer``. ``settings`` pass through to Tornado.
     """
     settings.setdefault("compress_response", False)
+    settings.setdefault("default_handler_class", TCeleryNotFoundHandler)
+    # The tasks' client errors are the client's fault: say so with 404/400, not 500.
+    client_errors = {"UserNotFound": 404, "ValueError": 400}
     return tornado.web.Application(routes(
         tcelery_routes(r"/v1/user", get_tasks=[tasks.list_users],
-                       post_tasks=[tasks.create_user], producer=producer),
+                       post_tasks=[tasks.create_user], producer=producer,
+                       error_statuses=client_errors),
         tcelery_routes(r"/v1/user/(?P<user_id>[^/]+)", get_tasks=[tasks.get_user],
                        put_tasks=[tasks.update_user], delete_tasks=[tasks.delete_user],
-                       producer=producer),
+                       producer=producer, error_statuses=client_errors),
         tcelery_async_routes(r"/v1/async_user", get_tasks=[tasks.list_users],
                              post_tasks=[tasks.create_user], producer=producer),
         tcelery_async_routes(r"/v1/async_user/(?P<user_id>[^/]+)",
                              get_tasks=[tasks.get_user], put_tasks=[tasks.update_user],
                              delete_tasks=[tasks.delete_user], producer=producer),
         tcelery_routes(r"/v1/report", post_tasks=[tasks.report], timeout=60,
-                       producer=producer),
+                       producer=producer, error_statuses=client_errors),
     ), **settings)
 
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from .arguments import request_arguments
-from .errors import RequestError, TCeleryError
+from .errors import RequestError, TaskFailed, TCeleryError
 from .producer import Producer, get_producer
 from .responses import encode, error_body, error_response
 from .results import TaskResult
@@ -195,7 +195,8 @@ class TCeleryBaseHandler(JSONErrorsMixin):
 
     Class members (set by the route factories): ``uri_path``, ``get_tasks``, ``post_tasks``,
     ``put_tasks``, ``delete_tasks`` (tuples of :class:`TaskSpec`), ``timeout``,
-    ``max_body_size``, ``task_options`` (apply_async options) and ``producer``.
+    ``max_body_size``, ``task_options`` (apply_async options), ``producer`` and
+    ``error_statuses`` (remote exception type name → HTTP status, instead of 500).
     """
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
@@ -209,6 +210,7 @@ class TCeleryBaseHandler(JSONErrorsMixin):
     max_body_size: ClassVar[int] = DEFAULT_MAX_BODY_SIZE
     task_options: ClassVar[Mapping[str, Any]] = {}
     producer: ClassVar[Producer | None] = None
+    error_statuses: ClassVar[Mapping[str, int]] = {}
 
     def initialize(self) -> None:
         self.task_handler = TaskHandler(self)
@@ -253,6 +255,8 @@ class TCeleryBaseHandler(JSONErrorsMixin):
         """Answer with the status and JSON body that ``error`` maps to."""
         status, headers, body = error_response(error,
                                                debug=bool(self.settings.get("serve_traceback")))
+        if isinstance(error, TaskFailed):
+            status = self.error_statuses.get(error.exc_type, status)
         for name, value in headers.items():
             self.set_header(name, value)
         self.write_json(body, status)

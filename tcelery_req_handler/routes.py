@@ -77,7 +77,13 @@ def _build(base: type[TCeleryBaseHandler], uri_path: str, tasks: dict[str, Any],
     timeout = options.pop("timeout", DEFAULT_TIMEOUT)
     max_body_size = options.pop("max_body_size", DEFAULT_MAX_BODY_SIZE)
     producer = options.pop("producer", None)
+    error_statuses = dict(options.pop("error_statuses", None) or {})
     check_options(options)
+    for exc_type, status in error_statuses.items():
+        if not isinstance(exc_type, str) or not isinstance(status, int) \
+                or not 400 <= status <= 599:
+            raise ConfigurationError(f"error_statuses maps exception type names to 4xx/5xx "
+                                     f"statuses, not {exc_type!r}: {status!r}")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ConfigurationError(f"timeout must be a positive number of seconds, not "
                                  f"{timeout!r}")
@@ -89,7 +95,7 @@ def _build(base: type[TCeleryBaseHandler], uri_path: str, tasks: dict[str, Any],
         raise ConfigurationError(f"producer must be a Producer, not {producer!r}")
     members: dict[str, Any] = {
         "uri_path": uri_path, "timeout": float(timeout), "max_body_size": max_body_size,
-        "task_options": options, "producer": producer,
+        "task_options": options, "producer": producer, "error_statuses": error_statuses,
         **{f"{verb}_tasks": _task_specs(verb, verb_tasks) for verb, verb_tasks in tasks.items()},
     }
     return [URLSpec(uri_path, _handler_class(base, handler, uri_path, members), name=name)]
@@ -102,8 +108,10 @@ def tcelery_routes(uri_path: str, get_tasks: Any = (), post_tasks: Any = (),
 
     Task lists hold Celery tasks, registered task names or signatures. Options: ``timeout``
     (seconds to wait, default 30), ``name`` (for ``reverse_url``), ``max_body_size`` (bytes,
-    default 1 MiB), ``producer`` (default: the one from ``setup_nonblocking_producer``), and
-    any ``apply_async`` option (``queue``, ``priority``, ``expires``, ``countdown``, ...).
+    default 1 MiB), ``producer`` (default: the one from ``setup_nonblocking_producer``),
+    ``error_statuses`` (e.g. ``{"UserNotFound": 404}``: the status for a task that raised that
+    exception type, instead of 500), and any ``apply_async`` option (``queue``, ``priority``,
+    ``expires``, ``countdown``, ...).
     """
     tasks = {"get": get_tasks, "post": post_tasks, "put": put_tasks, "delete": delete_tasks}
     return _build(TCeleryReqHandler, uri_path, tasks, handler, dict(options))

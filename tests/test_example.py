@@ -65,8 +65,10 @@ async def test_crud_flow_end_to_end(example: Server) -> None:
                                           {"Content-Type": "application/json"}))
     assert updated["email"] == "b@x.io" and updated["name"] == "ann"
     assert body_of(await example.fetch(user, "DELETE")) == {"deleted": created["id"]}
-    missing = error_of(await example.fetch(user), 500)
+    missing = error_of(await example.fetch(user), 404)  # error_statuses={"UserNotFound": 404}
     assert missing["error"]["type"] == "UserNotFound" and missing["state"] == "FAILURE"
+    assert error_of(await example.fetch("/v1/user/abc"), 400)["error"]["type"] == "ValueError"
+    assert error_of(await example.fetch("/v1/nothing"), 404)["error"]["type"] == "NotFound"
     assert body_of(await example.fetch("/v1/user")) == []
 
 

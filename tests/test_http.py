@@ -83,6 +83,8 @@ async def server(producer: Producer, tmp_path: Path) -> AsyncIterator[Server]:
                        **common),
         tcelery_routes(r"/fixed", get_tasks=[w.echo.s(fixed="yes")], **common),
         tcelery_routes(r"/fail", get_tasks=[w.fail], post_tasks=[w.fail], **common),
+        tcelery_routes(r"/fail404", get_tasks=[w.fail], error_statuses={"ValueError": 404},
+                       **common),
         tcelery_routes(r"/slow", get_tasks=[w.sleep.s(3)], timeout=0.5, **common),
         tcelery_routes(r"/expired", get_tasks=[w.add.s(1, 2)], countdown=2, expires=1,
                        **common),
@@ -144,6 +146,12 @@ async def test_task_failure_is_a_500_without_traceback(server: Server) -> None:
     body = error_of(await server.fetch("/fail?message=kaput"), 500)
     assert body["error"] == {"type": "ValueError", "message": "kaput"}
     assert body["state"] == "FAILURE" and body["task_id"]
+
+
+async def test_error_statuses_map_remote_exception_types(server: Server) -> None:
+    body = error_of(await server.fetch("/fail404?message=no+such+thing"), 404)
+    assert body["error"] == {"type": "ValueError", "message": "no such thing"}
+    assert body["state"] == "FAILURE"
 
 
 async def test_traceback_only_with_debug(producer: Producer) -> None:
@@ -319,6 +327,7 @@ def test_route_classes_carry_the_original_class_members() -> None:
     (lambda: tcelery_routes("/x", get_tasks=[w.add], handler=RequestHandler), "must subclass"),
     (lambda: tcelery_routes("/x", get_tasks=[w.add], handler="nope"), "must be a class"),
     (lambda: routes("/x"), "URL rules"),
+    (lambda: tcelery_routes("/x", get_tasks=[w.add], error_statuses={"E": 200}), "4xx/5xx"),
 ])
 def test_misuse_fails_when_the_route_is_built(call: Callable[[], Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
