@@ -13,6 +13,7 @@ tells its owner (the :class:`~tcelery_req_handler.producer.Producer`), which dec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -78,8 +79,7 @@ class _Channel:
     def _on_close(self, _channel: Any, reason: BaseException) -> None:
         error = self._closed_error(reason)
         for fut in list(self._rpcs):
-            if not fut.done():
-                fut.set_exception(error)
+            _fail(fut, error)
         self.on_closed(error)
         if self.connection.is_open and not self.connection.closing:
             log.warning("%s channel closed (%s); reopening", self.name, reason)
@@ -146,19 +146,18 @@ class _PublishChannel(_Channel):
             return
         returned = self._returned.pop(task_id, None) if self._returned else None
         if returned is not None:
-            fut.set_exception(PublishError(f"message unroutable: {returned}", task_id=task_id))
+            _fail(fut, PublishError(f"message unroutable: {returned}", task_id=task_id))
         elif ok:
             fut.set_result(None)
         else:
-            fut.set_exception(PublishError("broker nacked the message", task_id=task_id))
+            _fail(fut, PublishError("broker nacked the message", task_id=task_id))
 
     def on_closed(self, error: Exception) -> None:
         pending, self._unconfirmed = self._unconfirmed, {}
         self._order.clear()
         self._returned.clear()
         for fut, _task_id in pending.values():
-            if not fut.done():
-                fut.set_exception(error)
+            _fail(fut, error)
 
 
 class _ConsumeChannel(_Channel):
@@ -210,12 +209,18 @@ class _ConsumeChannel(_Channel):
 
     def _on_cancelled(self, _frame: Any) -> None:
         # The broker dropped our consumer (e.g. the reply queue was deleted): start over.
+        if self.connection.closing:
+            return  # we deleted the reply queue ourselves, on close
         log.warning("reply consumer cancelled by the broker; reconnecting")
         self.connection.abort("reply consumer cancelled by the broker")
 
 
 class BrokerConnection:
-    """An open AMQP connection with its declare, publish and consume channels."""
+    """An open AMQP connection with its declare, publish and consume channels.
+
+    Every wait on the broker is bounded: opening (``timeout``), declarations and publishes (by
+    the caller), closing (``close(timeout)``, after which the socket is torn down regardless).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, prefetch: int,
                  on_lost: Callable[[BaseException], None]) -> None:
@@ -229,6 +234,7 @@ class BrokerConnection:
         self._unblocked: asyncio.Future[None] = loop.create_future()
         self._declared: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._probing = False
         self.declare_channel = _Channel(self, "declare")
         self.publish_channel = _PublishChannel(self)
         self.consume_channel = _ConsumeChannel(self, prefetch)
@@ -236,32 +242,40 @@ class BrokerConnection:
     @classmethod
     async def open(cls, parameters: pika.ConnectionParameters, *, timeout: float,
                    prefetch: int, on_lost: Callable[[BaseException], None]) -> BrokerConnection:
-        """Connect and open the channels; raise BrokerUnavailable within ``timeout``."""
+        """Connect and open the channels; BrokerUnavailable within ``timeout`` in all.
+
+        On any failure, timeout or cancellation the half-open connection is torn down before
+        this returns, so nothing (socket, timer, callback) outlives the attempt.
+        """
         loop = asyncio.get_running_loop()
         self = cls(loop, prefetch, on_lost)
         self.pika = AsyncioConnection(
             parameters, on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_close, custom_ioloop=loop)
         try:
-            await wait_bounded(self._opened, timeout)
-            self.pika.add_on_connection_blocked_callback(self._on_blocked)
-            self.pika.add_on_connection_unblocked_callback(self._on_unblocked)
-            for channel in (self.declare_channel, self.publish_channel, self.consume_channel):
-                await wait_bounded(asyncio.ensure_future(channel.open()), timeout)
-        except TimeoutError:
-            self.abort("timed out")
+            await asyncio.wait_for(self._open_channels(), timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            await self.close(timeout=1.0)
             raise BrokerUnavailable(f"could not reach the broker within {timeout:g}s") from None
         except BaseException:
-            self.abort("open failed")
+            await asyncio.shield(self.close(timeout=1.0))
             raise
         return self
+
+    async def _open_channels(self) -> None:
+        await self._opened
+        self.pika.add_on_connection_blocked_callback(self._on_blocked)
+        self.pika.add_on_connection_unblocked_callback(self._on_unblocked)
+        for channel in (self.declare_channel, self.publish_channel, self.consume_channel):
+            await channel.open()
 
     @property
     def is_open(self) -> bool:
         return self.pika is not None and bool(self.pika.is_open) and not self.closing
 
     def spawn(self, coro: Any) -> None:
-        """Run a background coroutine tied to this connection's life."""
+        """Run a background coroutine tied to this connection's life; if it fails, the
+        connection is given up (the owner reconnects)."""
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._reap)
@@ -278,9 +292,7 @@ class BrokerConnection:
             self._opened.set_result(None)
 
     def _on_open_error(self, _conn: Any, error: BaseException) -> None:
-        if not self._opened.done():
-            self._opened.set_exception(BrokerUnavailable(f"cannot connect to the broker: "
-                                                         f"{error!r}"))
+        _fail(self._opened, BrokerUnavailable(f"cannot connect to the broker: {error!r}"))
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -288,16 +300,12 @@ class BrokerConnection:
         was_closing = self.closing
         self.closing = True
         error = BrokerUnavailable(f"connection to the broker lost: {reason!r}")
-        if not self._opened.done():
-            self._opened.set_exception(error)
+        _fail(self._opened, error)
         for channel in (self.declare_channel, self.publish_channel, self.consume_channel):
             channel._on_close(None, reason)
         for fut in self._declared.values():
-            if not fut.done():
-                fut.set_exception(error)
-        if not self._unblocked.done():
-            self._unblocked.set_exception(error)
-            self._unblocked.exception()  # mark retrieved
+            _fail(fut, error)
+        _fail(self._unblocked, error)
         for task in list(self._tasks):
             task.cancel()
         if not self.closed.done():
@@ -326,30 +334,42 @@ class BrokerConnection:
             raise BrokerUnavailable(f"broker has blocked publishing (resource alarm) for more "
                                     f"than {timeout:g}s", retry_after=5.0) from None
 
-    async def declare(self, queue: QueueDeclaration) -> None:
-        """Declare a queue, its exchanges and bindings once per connection."""
+    def declared(self, queue: QueueDeclaration) -> asyncio.Future[None]:
+        """A future that resolves once ``queue``, its exchanges and bindings are declared on
+        this connection. Declared once per connection (a failed declaration is retried by the
+        next caller); callers bound their own wait on it without cancelling it."""
         done = self._declared.get(queue.name)
         if done is None or (done.done() and done.exception() is not None):
             done = self._declared[queue.name] = self.loop.create_future()
-            try:
-                ch = self.declare_channel
-                for name, kind, durable, auto_delete, arguments in queue.exchanges:
-                    await ch.rpc("exchange_declare", exchange=name, exchange_type=kind,
-                                 durable=durable, auto_delete=auto_delete, arguments=arguments)
-                await ch.rpc("queue_declare", queue=queue.name, durable=queue.durable,
-                             exclusive=queue.exclusive, auto_delete=queue.auto_delete,
-                             arguments=queue.arguments)
-                for exchange, key, arguments in queue.bindings:
-                    await ch.rpc("queue_bind", queue=queue.name, exchange=exchange,
-                                 routing_key=key, arguments=arguments)
-            except BaseException as exc:
-                if not done.done():
-                    done.set_exception(exc)
-                    done.exception()
-                raise
-            if not done.done():
-                done.set_result(None)
-        await done
+            task = self.loop.create_task(self._declare(queue, done))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return done
+
+    async def _declare(self, queue: QueueDeclaration, done: asyncio.Future[None]) -> None:
+        ch = self.declare_channel
+        try:
+            for name, kind, durable, auto_delete, arguments in queue.exchanges:
+                await ch.rpc("exchange_declare", exchange=name, exchange_type=kind,
+                             durable=durable, auto_delete=auto_delete, arguments=arguments)
+            await ch.rpc("queue_declare", queue=queue.name, durable=queue.durable,
+                         exclusive=queue.exclusive, auto_delete=queue.auto_delete,
+                         arguments=queue.arguments)
+            for exchange, key, arguments in queue.bindings:
+                await ch.rpc("queue_bind", queue=queue.name, exchange=exchange,
+                             routing_key=key, arguments=arguments)
+        except asyncio.CancelledError:
+            _fail(done, BrokerUnavailable("connection closed while declaring"))
+            raise
+        except Exception as exc:
+            _fail(done, exc)
+            return
+        if not done.done():
+            done.set_result(None)
+
+    async def declare(self, queue: QueueDeclaration) -> None:
+        """Declare a queue, its exchanges and bindings once per connection."""
+        await self.declared(queue)
 
     def publish(self, message: TaskMessage) -> asyncio.Future[None]:
         """Publish with ``mandatory``; the future resolves when the broker confirms."""
@@ -359,25 +379,98 @@ class BrokerConnection:
         """Declare ``queue`` and consume it; restored automatically if the channel reopens."""
         await self.consume_channel.consume(queue, on_message)
 
-    def abort(self, reason: str) -> None:
-        """Close without waiting (used on failures)."""
-        if self.pika is not None and not (self.pika.is_closing or self.pika.is_closed):
-            try:
-                self.pika.close(reply_text=reason)
-            except Exception:  # a half-open connection may refuse a clean close
-                log.debug("close during open failed", exc_info=True)
+    def check_alive(self, timeout: float) -> None:
+        """Probe the broker with a cheap RPC; if it does not answer within ``timeout`` (and
+        is not blocking us on purpose), tear the connection down so the owner reconnects.
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Close cleanly and wait until pika reports the connection closed."""
-        self.closing = True
+        Called when a confirm is overdue: on a silent partition (no FIN, no RST) nothing else
+        notices a dead peer before the heartbeat does, which takes minutes; meanwhile every
+        publish would wait its full timeout.
+        """
+        if self._probing or not self.is_open:
+            return
+        self._probing = True
+        task = self.loop.create_task(self._probe(timeout))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _probe(self, timeout: float) -> None:
+        try:
+            await wait_bounded(self.declare_channel.rpc(
+                "exchange_declare", exchange="amq.direct", exchange_type="direct",
+                durable=True, passive=True), timeout)
+        except TimeoutError:
+            if self.is_open and not self.blocked:
+                log.warning("broker did not answer for %gs: dropping the connection", timeout)
+                self.terminate(f"broker did not answer a probe within {timeout:g}s")
+        except Exception:  # the channel or connection closed meanwhile: handled there
+            pass
+        finally:
+            self._probing = False
+
+    def abort(self, reason: str) -> None:
+        """Start a clean close without waiting for it (used on failures)."""
+        conn = self.pika
+        if conn is None or conn.is_closing or conn.is_closed:
+            return
+        if not conn.is_open:
+            # Still opening. pika's close() here trips an assertion in its connection workflow
+            # mid-handshake (it reports the abort with an exception class, not an instance);
+            # terminating the stream with a reason takes its ordinary failed-open path.
+            self.terminate(reason)
+            return
+        try:
+            conn.close(reply_text=reason)
+        except Exception:  # a half-open connection may refuse a clean close
+            log.debug("close during open failed", exc_info=True)
+
+    def terminate(self, reason: str) -> None:
+        """Drop the TCP connection now, without the AMQP close handshake (which a dead or
+        frozen peer never answers). pika then reports the connection closed as usual."""
+        if self.pika is not None and not self.pika.is_closed:
+            # pika's own heartbeat checker ends a dead connection the same way
+            self.pika._terminate_stream(BrokerUnavailable(reason))
+
+    async def close(self, timeout: float = 5.0, *, delete_queue: str | None = None) -> None:
+        """Close and wait until pika reports the connection closed, within ``timeout``.
+
+        ``delete_queue`` (our reply queue) is deleted first, best effort. If the broker does
+        not answer the close in time, the socket is dropped anyway: nothing is left behind.
+        """
+        was_closing, self.closing = self.closing, True
+        deadline = self.loop.time() + timeout
+        if delete_queue and not was_closing and self.declare_channel.is_open \
+                and self.pika is not None and self.pika.is_open:
+            try:
+                await wait_bounded(self.declare_channel.rpc("queue_delete", queue=delete_queue),
+                                   timeout / 4)
+            except TimeoutError:  # the broker is not answering: no point in a handshake
+                log.warning("broker did not answer for %gs; dropping the socket", timeout / 4)
+                self.terminate("closed by client (no answer from the broker)")
+            except Exception:
+                pass
         self.abort("closed by client")
         if not self.closed.done():
             try:
-                await wait_bounded(self.closed, timeout)
+                await wait_bounded(self.closed, max(deadline - self.loop.time(), 0.1))
             except TimeoutError:
-                log.warning("broker connection did not close within %gs", timeout)
+                log.warning("broker did not answer the close within %gs; dropping the socket",
+                            timeout)
+                self.terminate("closed by client (no answer from the broker)")
+                with contextlib.suppress(TimeoutError):
+                    await wait_bounded(self.closed, 1.0)
         for task in list(self._tasks):
             task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+
+
+def _fail(fut: asyncio.Future[Any], error: BaseException) -> None:
+    """Fail ``fut`` if still pending, and mark the exception retrieved: nobody may be waiting
+    any more (the waiter gave up or was cancelled), and that must not log an error."""
+    if not fut.done():
+        fut.set_exception(error)
+        fut.exception()
 
 
 def _resolver(fut: asyncio.Future[Any]) -> Callable[[Any], None]:

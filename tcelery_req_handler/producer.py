@@ -26,7 +26,7 @@ from kombu.utils.uuid import uuid
 
 from ._aio import wait_bounded
 from .connection import BrokerConnection
-from .errors import BrokerUnavailable, ConfigurationError, TCeleryError
+from .errors import BrokerUnavailable, ConfigurationError, Overloaded, TCeleryError
 from .messages import QueueDeclaration, build_message, check_options, queue_declaration
 from .results import ResultRegistry, TaskResult
 
@@ -79,7 +79,13 @@ class Producer:
     * ``result_timeout``: default bound of ``TaskResult.get`` (default 30 s);
     * ``reconnect_max_delay``: cap of the reconnect backoff (default 2 s);
     * ``reply_queue_expires``: seconds an unused reply queue outlives us (default 300 s);
-    * ``reply_prefetch``: unacked replies the broker may push at once (default 1000).
+    * ``reply_prefetch``: unacked replies the broker may push at once (default 1000);
+    * ``max_pending``: bound on results awaited at once (default 10 000); past it a waiting
+      send raises :class:`~tcelery_req_handler.errors.Overloaded` at once, unpublished.
+
+    Every call is bounded in time: a send waits at most ``connect_timeout`` for a first
+    connection, then at most ``publish_timeout`` in all for a resource alarm to clear, its
+    queue to be declared and its confirm; ``close()`` at most ``close_timeout``.
     """
 
     def __init__(
@@ -94,6 +100,8 @@ class Producer:
         reconnect_max_delay: float = 2.0,
         reply_queue_expires: float = 300.0,
         reply_prefetch: int = 1000,
+        max_pending: int = 10_000,
+        close_timeout: float = 5.0,
     ) -> None:
         if celery_app is None:
             from celery import current_app
@@ -106,6 +114,10 @@ class Producer:
         self.result_timeout = result_timeout
         self.reconnect_max_delay = reconnect_max_delay
         self.reply_prefetch = reply_prefetch
+        if max_pending < 1:
+            raise ConfigurationError(f"max_pending must be at least 1, not {max_pending!r}")
+        self.max_pending = max_pending
+        self.close_timeout = close_timeout
         self.parameters = connection_parameters(
             self.broker_url, heartbeat=heartbeat or conf.broker_heartbeat or 60,
             connect_timeout=connect_timeout)
@@ -146,18 +158,28 @@ class Producer:
         await self._connection()
 
     async def close(self) -> None:
-        """Close the connection; pending waiters fail with BrokerUnavailable. Idempotent."""
+        """Close the connection; pending waiters fail with BrokerUnavailable. Idempotent.
+
+        Bounded by ``close_timeout`` even when the broker does not answer. Leaves nothing
+        behind: no task, timer or socket in the loop, no consumer and no reply queue on the
+        broker (the queue is deleted; were that to fail, ``x-expires`` removes it).
+        """
         if self._closed:
             return
         self._closed = True
+        closed = BrokerUnavailable("producer closed")
+        first, self._first = self._first, None
+        if first is not None and not first.done():
+            first.set_exception(closed)
+            first.exception()
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
             supervisor.cancel()
             await asyncio.gather(supervisor, return_exceptions=True)
         conn, self._conn = self._conn, None
         if conn is not None:
-            await conn.close()
-        self.results.abort_all(BrokerUnavailable("producer closed"))
+            await conn.close(self.close_timeout, delete_queue=self.reply_queue.name)
+        self.results.abort_all(closed)
         if _default is self:
             _set_default(None)
 
@@ -184,23 +206,31 @@ class Producer:
             raise BrokerUnavailable("broker connection is being re-established",
                                     retry_after=self.reconnect_max_delay)
         try:
-            return await wait_bounded(self._first, self.connect_timeout * 2)
+            return await wait_bounded(self._first, self.connect_timeout + 0.5)
         except TimeoutError:
             raise BrokerUnavailable("timed out connecting to the broker") from None
 
     async def _supervise(self) -> None:
-        """Keep one connection open: connect, wait for it to die, back off, reconnect."""
+        """Keep one connection open: connect, restore the reply consumer, wait for the
+        connection to die, back off, reconnect. Runs until ``close()`` cancels it."""
         attempt = 0
         while not self._closed:
+            conn: BrokerConnection | None = None
             try:
                 conn = await BrokerConnection.open(
                     self.parameters, timeout=self.connect_timeout,
                     prefetch=self.reply_prefetch, on_lost=self._on_lost)
-                await conn.consume(self.reply_queue, self.results.on_reply)
+                await asyncio.wait_for(conn.consume(self.reply_queue, self.results.on_reply),
+                                       self.connect_timeout)
             except asyncio.CancelledError:
+                if conn is not None:
+                    await asyncio.shield(conn.close(1.0))
                 raise
             except Exception as exc:
-                error = exc if isinstance(exc, TCeleryError) else BrokerUnavailable(repr(exc))
+                if conn is not None:  # connected, but the reply consumer failed: start over
+                    await conn.close(1.0)
+                error = exc if isinstance(exc, TCeleryError) else BrokerUnavailable(
+                    f"cannot set up the broker connection: {exc!r}")
                 if attempt == 0:
                     log.warning("cannot connect to the broker at %s:%s: %s",
                                 self.parameters.host, self.parameters.port, error)
@@ -252,28 +282,48 @@ class Producer:
                     kwargs: Mapping[str, Any] | None, options: Mapping[str, Any],
                     task_type: Any, reply: bool) -> TaskResult:
         check_options(options)
-        if reply and self.result_backend != "rpc":
-            raise ConfigurationError(
-                f"result backend {self.result_backend!r} cannot be awaited by this producer: "
-                "configure result_backend='rpc://', or send with reply=False")
+        if reply:
+            if self.result_backend != "rpc":
+                raise ConfigurationError(
+                    f"result backend {self.result_backend!r} cannot be awaited by this "
+                    "producer: configure result_backend='rpc://', or send with reply=False")
+            if len(self.results) >= self.max_pending:
+                raise Overloaded(
+                    f"{len(self.results)} results already awaited, the limit "
+                    f"(max_pending={self.max_pending}): not sending {name}",
+                    retry_after=1.0, limit=self.max_pending)
         message = build_message(self.app, name, args, kwargs, options,
                                 self.reply_queue.name if reply else "", task_type)
         conn = await self._connection()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout
         if conn.blocked:
             await conn.wait_unblocked(self.publish_timeout)
         if message.declare is not None:
-            await conn.declare(self._declaration(message.declare))
+            declared = conn.declared(self._declaration(message.declare))
+            if not declared.done():
+                try:
+                    await wait_bounded(declared, deadline - loop.time())
+                except TimeoutError:
+                    conn.check_alive(self.publish_timeout)
+                    raise BrokerUnavailable(
+                        f"broker did not declare queue {message.declare.name!r} within "
+                        f"{self.publish_timeout:g}s", retry_after=self.publish_timeout) from None
+            declared.result()
         if reply:
             result = self.results.register(message.task_id)
         else:
             result = TaskResult(message.task_id, tracked=False)
         try:
-            await wait_bounded(conn.publish(message), self.publish_timeout)
+            await wait_bounded(conn.publish(message), max(deadline - loop.time(), 0.001))
         except TimeoutError:
             self.results.discard(message.task_id)
+            why = "publishing is blocked by a resource alarm" if conn.blocked else \
+                "no confirm"
+            conn.check_alive(self.publish_timeout)
             raise BrokerUnavailable(
                 f"broker did not confirm task {message.task_id} within "
-                f"{self.publish_timeout:g}s", retry_after=self.publish_timeout) from None
+                f"{self.publish_timeout:g}s ({why})", retry_after=self.publish_timeout) from None
         except BaseException:
             self.results.discard(message.task_id)
             raise

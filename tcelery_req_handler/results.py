@@ -38,7 +38,8 @@ class TaskResult:
     """
 
     __slots__ = ("__weakref__", "_default_timeout", "_error", "_followers", "_history",
-                 "_tracked", "_waiters", "children", "date_done", "result", "state", "task_id", "traceback")
+                 "_tracked", "_waiters", "children", "date_done", "result", "state", "task_id",
+                 "traceback")
 
     def __init__(self, task_id: str, *, default_timeout: float = 30.0, tracked: bool = True):
         self.task_id = task_id
