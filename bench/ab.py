@@ -80,8 +80,13 @@ def parse(output: str, requests: int, concurrency: int) -> AbResult:
 
 def command(url: str, requests: int, concurrency: int, *, time_limit: float,
             post_file: Path | None = None) -> list[str]:
-    """The ab command line: the seed's ``-n N -c C`` plus a time limit (and a POST body)."""
-    argv = ["ab", "-t", str(int(time_limit)), "-n", str(requests), "-c", str(concurrency)]
+    """The ab command line: the seed's ``-n N -c C`` plus a time limit (and a POST body).
+
+    ``-l`` accepts bodies of varying length: a user list that grows while the load runs is
+    not a failed request (without it ab counts every length change as one).
+    """
+    argv = ["ab", "-l", "-t", str(int(time_limit)), "-n", str(requests),
+            "-c", str(concurrency)]
     if post_file is not None:
         argv += ["-p", str(post_file), "-T", "application/json"]
     return [*argv, url]
