@@ -1,6 +1,6 @@
 """``python -m bench [--smoke]``: the whole benchmark, from a bare machine to results/.
 
-Steps: install ``ab`` if missing; create the RabbitMQ vhost; start the shared worker and seed
+Steps: install ``ab`` if missing; start the shared worker and seed
 the example's database; for each server (hello world, executor bridge, Flower, ours) start it,
 warm up, run ``ab`` per profile and repetition, stop it; run the memory test; write
 ``bench/results/latest.{md,json,png}`` (``--smoke``: ``bench/results/tmp/smoke.*``). Every
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
+import os
 import shlex
 import shutil
 import sys
@@ -21,19 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from bench import analysis, broker, memory, procs, report, system
-from bench.config import BROKER_URL, QUEUE, REDIS_URL, RESULTS_DIR, ROOT, TMP_DIR, VHOST
+from bench.config import BROKER_URL, REDIS_URL, RESULTS_DIR, ROOT, TMP_DIR, queue
 from bench.lineup import lineup
 from bench.plan import FULL, SMOKE, Plan
 from bench.runner import Row, bench_server
 from bench.worker import seed_users, start_worker, worker_env
 
 NOTES = [
-    "Everything runs on this machine over loopback: RabbitMQ (vhost `{vhost}`, so the "
-    "example's queue name cannot collide with other users of the broker), Redis "
-    "(`{redis}`, Flower's result backend only), one Celery worker, one web server at a time, "
-    "and `ab` without keep-alive, as in the seed.",
+    "Everything runs on this machine over loopback: RabbitMQ, Redis (`{redis}`, Flower's "
+    "result backend only), one Celery worker, one web server at a time, and `ab` without "
+    "keep-alive, as in the seed.",
     "One worker serves every server: `celery -A bench.worker_app worker -Q {queue} -c 2 -P "
-    "prefork -l WARNING`, run from `example/`. `bench.worker_app` is the example's Celery app "
+    "prefork -l WARNING`, run from `example/`. The queue is the run's own (the example gets it "
+    "as `EXAMPLE_QUEUE`), so no other worker or concurrent run on the broker shares it. "
+    "`bench.worker_app` is the example's Celery app "
     "(`backend.v1`, `rpc://` results, JSON, `task_track_started`) plus two bench tasks, so "
     "every server runs the example's `list_users` body against the same SQLite file (10 users).",
     "(a) hello world answers the very bytes `list_users` returns as compact JSON, with no "
@@ -130,19 +133,20 @@ def run(args: argparse.Namespace) -> int:
     system.ensure_tools()
     system.raise_fd_limit(plan.memory_requests + 4096)
     _prune_tmp()
-    tmp = (TMP_DIR / f"run-{started:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}").resolve()
+    run_id = f"{started:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
+    # Every child inherits it: the run's own queue (see bench.config.queue).
+    os.environ["BENCH_QUEUE"] = f"bench-{run_id}"
+    tmp = (TMP_DIR / f"run-{run_id}").resolve()
     tmp.mkdir(parents=True)
     meta = {"command": shlex.join(["python", "-m", "bench", *sys.argv[1:]]),
             "started": f"{started:%Y-%m-%d %H:%M UTC}", "smoke": plan.smoke,
             "plan": {"profiles": [p.__dict__ for p in plan.profiles], "runs": plan.runs,
                      "memory_requests": plan.memory_requests},
             "logs": str(tmp), **system.describe()}
-    meta["notes"] = [n.format(vhost=VHOST, redis=REDIS_URL, queue=QUEUE,
+    meta["notes"] = [n.format(redis=REDIS_URL, queue=queue(),
                               flower=meta["versions"]["flower"]) for n in NOTES]
     log(f"bench: {'smoke' if plan.smoke else 'full'} run, logs in {tmp}")
 
-    broker.ensure_vhost()
-    broker.purge(QUEUE)
     worker = start_worker(tmp)
     seed_users(tmp)
     rows: list[Row] = []
@@ -192,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     finally:
         procs.stop_all()
+        if "BENCH_QUEUE" in os.environ:
+            with contextlib.suppress(Exception):
+                broker.delete_queue(queue())
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Names and addresses every part of the benchmark agrees on.
 
-The benchmark runs in a RabbitMQ virtual host of its own (``tcelery-bench``), so the queue
-names the example hard-codes (``payment_default1``) cannot collide with a developer's
-example worker running on the default vhost of the same broker, and vice versa.
+Every run sends its tasks to a queue of its own (``bench-<run id>``, passed to every child in
+``BENCH_QUEUE``, and to the example as ``EXAMPLE_QUEUE``). On a shared broker, neither a
+developer's example worker on ``payment_default1`` nor a concurrent benchmark run (the smoke
+test in someone's test suite) can take this run's tasks, or have its own taken.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ TMP_DIR = RESULTS_DIR / "tmp"  # logs, payload, SQLite; git-ignored
 
 HOST = "127.0.0.1"
 AMQP_PORT = int(os.environ.get("BENCH_AMQP_PORT", "5672"))
-VHOST = os.environ.get("BENCH_VHOST", "tcelery-bench")
-BROKER_URL = os.environ.get("BENCH_BROKER_URL", f"amqp://guest:guest@{HOST}:{AMQP_PORT}/{VHOST}")
+BROKER_URL = os.environ.get("BENCH_BROKER_URL", f"amqp://guest:guest@{HOST}:{AMQP_PORT}//")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", f"redis://{HOST}:6379/15")
 
-#: The queue the example's tasks are routed to (its ``task_default_queue``); the shared
-#: worker consumes only this queue, and every peer sends there.
-QUEUE = "payment_default1"
+#: Used only when a module runs outside the runner (which always sets ``BENCH_QUEUE``).
+DEFAULT_QUEUE = "bench.payment_default1"
+
+
+def queue() -> str:
+    """This run's task queue: the shared worker consumes only it, and every server sends
+    there (the example through ``EXAMPLE_QUEUE``, which sets its ``task_default_queue``)."""
+    return os.environ.get("BENCH_QUEUE", DEFAULT_QUEUE)
+
 
 #: The example's task behind ``GET /v1/user``; every peer runs exactly this task body.
 LIST_USERS = "backend.v1.tasks.list_users"

@@ -82,7 +82,10 @@ def _example_missing() -> str | None:
     return None
 
 
-_FLOWER_BODY = b"{}"
+#: ``timeout`` bounds Flower's ``AsyncResult.get`` (its default is to wait forever, and one
+#: lost result then holds one of its few executor threads for good).
+_FLOWER_APPLY_BODY = b'{"timeout": 30}'
+_FLOWER_ASYNC_BODY = b"{}"
 
 
 def lineup(example_env: dict[str, str]) -> list[ServerSpec]:
@@ -94,9 +97,9 @@ def lineup(example_env: dict[str, str]) -> list[ServerSpec]:
                    (Endpoint(WAITING, "/v1/user"), Endpoint(FIRE_AND_FORGET, "/v1/async_user")),
                    _module("bench.servers.bridge")),
         ServerSpec("flower", "Flower task API (Redis backend)",
-                   (Endpoint(WAITING, f"/api/task/apply/{LIST_USERS_REDIS}", _FLOWER_BODY),
+                   (Endpoint(WAITING, f"/api/task/apply/{LIST_USERS_REDIS}", _FLOWER_APPLY_BODY),
                     Endpoint(FIRE_AND_FORGET, f"/api/task/async-apply/{LIST_USERS_REDIS}",
-                             _FLOWER_BODY)),
+                             _FLOWER_ASYNC_BODY)),
                    _flower_argv, env={"FLOWER_UNAUTHENTICATED_API": "true",
                                       "BENCH_REDIS_URL": REDIS_URL},
                    ready_path="/healthcheck", start_timeout=60.0),

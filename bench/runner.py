@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ab, broker
-from bench.config import HOST, QUEUE
+from bench.config import HOST, queue
 from bench.lineup import BOUND, Endpoint, ServerSpec
 from bench.measure import RssSampler, UsageMeter, cpu_seconds
 from bench.plan import Plan, Profile
@@ -84,7 +84,7 @@ def summarize(runs: Sequence[Run]) -> dict[str, Any]:
 def settle(worker: Managed | None, timeout: float) -> bool:
     """Wait (bounded) until the queue is empty and the worker tree has gone idle."""
     deadline = time.monotonic() + timeout
-    drained = broker.wait_empty(QUEUE, timeout)
+    drained = broker.wait_empty(queue(), timeout)
     if worker is None:
         return drained
     previous = cpu_seconds(worker.pid, tree=True)

@@ -1,9 +1,9 @@
 """Start the one Celery worker all servers share, and seed the example's database.
 
-The worker is the example's documented one (``-Q payment_default1 --concurrency 2``, prefork,
-run from ``example/``) with the benchmark's app module (``bench.worker_app``, which is the
-example's app plus two bench tasks). Logging is at WARNING: at INFO the worker writes two
-log lines per task, CPU that would be charged to every server alike.
+The worker is the example's documented one (prefork, ``--concurrency 2``, run from
+``example/``), on this run's queue instead of ``payment_default1``, with the benchmark's app
+module (``bench.worker_app``: the example's app plus two bench tasks). Logging is at WARNING:
+at INFO the worker writes two log lines per task, CPU charged to every server alike.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from celery import Celery
 
-from bench.config import BROKER_URL, EXAMPLE_DIR, LIST_USERS, QUEUE, REDIS_URL, ROOT
+from bench.config import BROKER_URL, EXAMPLE_DIR, LIST_USERS, REDIS_URL, ROOT, queue
 from bench.procs import Managed
 
 SEED_USERS = 10
@@ -25,10 +25,12 @@ CREATE_USER = "backend.v1.tasks.create_user"
 
 
 def worker_env(tmp: Path) -> dict[str, str]:
-    """Environment shared by the worker and the example app: broker vhost, SQLite file."""
+    """Environment shared by the worker and the example app: the run's queue, SQLite file."""
     return {
         "BROKER_URL": BROKER_URL,
         "BENCH_REDIS_URL": REDIS_URL,
+        "BENCH_QUEUE": queue(),
+        "EXAMPLE_QUEUE": queue(),
         "EXAMPLE_DB": str(tmp / "users.sqlite3"),
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(EXAMPLE_DIR),
                                        os.environ.get("PYTHONPATH", "")]),
@@ -39,7 +41,7 @@ def start_worker(tmp: Path, *, concurrency: int = 2, timeout: float = 60.0) -> M
     ready = tmp / "worker.ready"
     ready.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "celery", "-A", "bench.worker_app", "worker",
-            "-Q", QUEUE, "-c", str(concurrency), "-P", "prefork", "-l", "WARNING",
+            "-Q", queue(), "-c", str(concurrency), "-P", "prefork", "-l", "WARNING",
             "-n", f"bench-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle"]
     worker = Managed("worker", argv, cwd=EXAMPLE_DIR, log_dir=tmp,
                      env={**worker_env(tmp), "BENCH_READY_FILE": str(ready)})
@@ -50,7 +52,7 @@ def start_worker(tmp: Path, *, concurrency: int = 2, timeout: float = 60.0) -> M
 def client(pool: int = 4) -> Celery:
     """A blocking Celery client with the example's wire settings (rpc://, JSON)."""
     app = Celery("bench_client", broker=BROKER_URL, backend="rpc://")
-    app.conf.update(task_default_queue=QUEUE, task_serializer="json", accept_content=["json"],
+    app.conf.update(task_default_queue=queue(), task_serializer="json", accept_content=["json"],
                     result_accept_content=["json"], broker_pool_limit=pool)
     return app
 

@@ -24,7 +24,7 @@ import tornado.web
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
-from bench.config import BROKER_URL, LIST_USERS, QUEUE
+from bench.config import BROKER_URL, LIST_USERS, queue
 from bench.servers.common import parse_args, serve
 
 RESULT_TIMEOUT = 30.0
@@ -32,7 +32,7 @@ RESULT_TIMEOUT = 30.0
 
 def make_celery(threads: int) -> Celery:
     app = Celery("bench_bridge", broker=BROKER_URL, backend="rpc://")
-    app.conf.update(task_default_queue=QUEUE, task_serializer="json", result_serializer="json",
+    app.conf.update(task_default_queue=queue(), task_serializer="json", result_serializer="json",
                     accept_content=["json"], result_accept_content=["json"],
                     broker_pool_limit=threads, broker_connection_retry_on_startup=True)
     return app

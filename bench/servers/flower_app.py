@@ -12,10 +12,10 @@ from typing import Any
 
 from celery import Celery
 
-from bench.config import BROKER_URL, LIST_USERS_REDIS, QUEUE, REDIS_URL
+from bench.config import BROKER_URL, LIST_USERS_REDIS, REDIS_URL, queue
 
 app = Celery("bench_flower", broker=BROKER_URL, backend=REDIS_URL)
-app.conf.update(task_default_queue=QUEUE, task_serializer="json", result_serializer="json",
+app.conf.update(task_default_queue=queue(), task_serializer="json", result_serializer="json",
                 accept_content=["json"], result_accept_content=["json"], result_expires=600,
                 broker_connection_retry_on_startup=True)
 

@@ -15,7 +15,7 @@ import asyncio
 import tornado.web
 from celery import Celery
 
-from bench.config import BROKER_URL, HOLD, QUEUE
+from bench.config import BROKER_URL, HOLD, queue
 from bench.servers.common import parse_args, serve
 from tcelery_req_handler import get_producer, routes, setup_nonblocking_producer, tcelery_routes
 
@@ -36,7 +36,7 @@ def make_app() -> tornado.web.Application:
 
 async def main(port: int) -> None:
     celery = Celery("bench_hold", broker=BROKER_URL, backend="rpc://")
-    celery.conf.update(task_default_queue=QUEUE, task_serializer="json",
+    celery.conf.update(task_default_queue=queue(), task_serializer="json",
                        accept_content=["json"], result_accept_content=["json"])
     producer = setup_nonblocking_producer(celery, result_timeout=HOLD_TIMEOUT)
     await producer.connect()
