@@ -82,11 +82,12 @@ def command(url: str, requests: int, concurrency: int, *, time_limit: float,
             post_file: Path | None = None) -> list[str]:
     """The ab command line: the seed's ``-n N -c C`` plus a time limit (and a POST body).
 
-    ``-l`` accepts bodies of varying length: a user list that grows while the load runs is
-    not a failed request (without it ab counts every length change as one).
+    No ``-l``: ab's length check stays on. Every endpoint's body has a constant length (the
+    user list is seeded once and never changes during a run; task ids are all 36 characters),
+    so a "Length" failure means a wrong body: another worker answered, or an error came
+    with a 2xx status. That check is how cross-talk between concurrent runs was found.
     """
-    argv = ["ab", "-l", "-t", str(int(time_limit)), "-n", str(requests),
-            "-c", str(concurrency)]
+    argv = ["ab", "-t", str(int(time_limit)), "-n", str(requests), "-c", str(concurrency)]
     if post_file is not None:
         argv += ["-p", str(post_file), "-T", "application/json"]
     return [*argv, url]
