@@ -19,8 +19,8 @@ import redis
 from celery import Celery
 
 from tcelery_req_handler import BrokerUnavailable, Overloaded, Producer, TaskResult, TaskTimeout
+from tests.faults.common import QUEUE, worker_for
 from tests.faults.fault_app import ADD, RECORD, SLEEP
-from tests.faults.fixtures import QUEUE, worker_for
 from tests.faults.proxy import TcpProxy
 from tests.faults.rabbit_node import RabbitNode
 from tests.workers import CeleryWorker

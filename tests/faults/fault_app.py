@@ -70,11 +70,13 @@ def record(key: str, token: str) -> str:
 
 
 @app.task(name=SLEEP)
-def sleep(seconds: float) -> float:
-    time.sleep(seconds)
-    return seconds
+def sleep(seconds: float | str) -> float:
+    """Sleep (``seconds`` may come as a string from a URL path)."""
+    time.sleep(float(seconds))
+    return float(seconds)
 
 
 @app.task(name=ADD)
-def add(x: int, y: int) -> int:
-    return x + y
+def add(x: int | str, y: int | str) -> int:
+    """``x + y`` as integers (they may come as strings from a URL path)."""
+    return int(x) + int(y)
