@@ -41,9 +41,10 @@ NOTES = [
     "every server runs the example's `list_users` body against the same SQLite file (10 users).",
     "(a) hello world answers the very bytes `list_users` returns as compact JSON, with no "
     "task; it is the bound for one Tornado process on this machine.",
-    "(b) the executor bridge: Tornado + `run_in_executor` on a 32-thread pool around "
+    "(b) the executor bridge: Tornado + `run_in_executor` on a 16-thread pool around "
     "`apply_async().get()` (waiting) or `apply_async` (fire and forget), a Celery app with "
-    "`rpc://` and a 32-connection producer pool.",
+    "`rpc://` and a 16-connection producer pool (8-16 threads measured fastest on 2 cores; "
+    "32-128 were slower).",
     "(c) Flower {flower} with its defaults, `FLOWER_UNAUTHENTICATED_API=true` and "
     "`--enable_events=False` (otherwise Flower turns on task events in the shared worker, "
     "which would tax every server; without them Flower is only faster). Its "
