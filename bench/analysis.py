@@ -63,6 +63,28 @@ def ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def cpu_budget(rows: Sequence[Mapping[str, Any]], profile: str,
+               cores: int) -> list[dict[str, Any]]:
+    """Per row of ``profile``: CPU ms per request in the web process, the worker and RabbitMQ,
+    their sum, and the req/s that sum allows if the machine's cores did nothing else.
+
+    On a small machine this ceiling, not the web server, is what caps the waiting routes:
+    it tells whether a req/s target is reachable at all with this worker and broker.
+    """
+    out = []
+    for row in rows:
+        s = row["summary"]
+        if row["profile"] != profile or not s or row["mode"] == BOUND:
+            continue
+        parts = [s.get(k) for k in ("web_cpu_ms_per_req", "worker_cpu_ms_per_req",
+                                    "broker_cpu_ms_per_req")]
+        total = round(sum(p for p in parts if p is not None), 3)
+        out.append({"server": row["server"], "label": row["label"], "mode": row["mode"],
+                    "web": parts[0], "worker": parts[1], "broker": parts[2], "total": total,
+                    "ceiling_rps": round(cores * 1000 / total) if total else None})
+    return out
+
+
 def _check(name: str, value: float | None, op: str, limit: float, unit: str = "") -> dict[str, Any]:
     holds = None if value is None else (value >= limit if op == ">=" else value <= limit)
     return {"target": name, "value": value, "required": f"{op} {limit:g}{unit}", "holds": holds}

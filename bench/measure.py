@@ -1,8 +1,9 @@
 """Resource use of the processes under test: CPU time and peak RSS, read with psutil.
 
 CPU per request is ``(user + system CPU seconds after - before) / completed requests`` of the
-web process (and, separately, of the worker's whole process tree: parent plus pool
-children). Peak RSS is sampled every 50 ms by a background thread during each run.
+web process, and separately of the worker's whole process tree (parent plus pool children)
+and of the RabbitMQ server. On two cores their sum is what bounds req/s, so the report can
+show where a request's CPU goes. Peak RSS is sampled every 50 ms by a background thread.
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ def cpu_seconds(pid: int, *, tree: bool = False) -> float:
             times = proc.cpu_times()
             total += times.user + times.system
     return total
+
+
+def listener_pid(port: int) -> int | None:
+    """The pid of the process listening on TCP ``port`` (RabbitMQ's 5672), if visible."""
+    with contextlib.suppress(psutil.Error, OSError):
+        for conn in psutil.net_connections("tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+                return int(conn.pid)
+    return None
 
 
 def rss_bytes(pid: int) -> int:
@@ -65,15 +75,26 @@ class Usage:
 
     web_cpu_s: float
     worker_cpu_s: float
+    broker_cpu_s: float | None
 
 
 class UsageMeter:
-    """Snapshot CPU of the web process and the worker tree at start, diff at ``stop``."""
+    """Snapshot CPU of the web process, the worker tree and the broker; diff later."""
 
-    def __init__(self, web_pid: int, worker_pid: int | None) -> None:
-        self.web_pid, self.worker_pid = web_pid, worker_pid
+    def __init__(self, web_pid: int, worker_pid: int | None,
+                 broker_pid: int | None = None) -> None:
+        self.web_pid, self.worker_pid, self.broker_pid = web_pid, worker_pid, broker_pid
         self._web0 = cpu_seconds(web_pid)
         self._worker0 = cpu_seconds(worker_pid, tree=True) if worker_pid else 0.0
+        self._broker0 = self._broker_now()
+
+    def _broker_now(self) -> float | None:
+        if not self.broker_pid:
+            return None
+        try:
+            return cpu_seconds(self.broker_pid)
+        except psutil.Error:
+            return None
 
     def web(self) -> float:
         return cpu_seconds(self.web_pid) - self._web0
@@ -83,5 +104,12 @@ class UsageMeter:
             return 0.0
         return cpu_seconds(self.worker_pid, tree=True) - self._worker0
 
+    def broker(self) -> float | None:
+        now = self._broker_now()
+        if now is None or self._broker0 is None:
+            return None
+        return now - self._broker0
+
     def stop(self) -> Usage:
-        return Usage(web_cpu_s=self.web(), worker_cpu_s=self.worker())
+        return Usage(web_cpu_s=self.web(), worker_cpu_s=self.worker(),
+                     broker_cpu_s=self.broker())

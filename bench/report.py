@@ -48,20 +48,21 @@ def _sorted_rows(rows: Sequence[Mapping[str, Any]], profile: str) -> list[Mappin
 def throughput_table(rows: Sequence[Mapping[str, Any]], profile: str) -> list[str]:
     header = ["server", "mode", "req/s (median)", "min", "max", "complete", "failed",
               "non-2xx", "p50 ms", "p99 ms", "web peak RSS MB", "web CPU ms/req",
-              "worker CPU ms/req", "body bytes"]
+              "worker CPU ms/req", "RabbitMQ CPU ms/req", "body bytes"]
     lines = []
     for row in _sorted_rows(rows, profile):
         s = row["summary"]
         name = f"**{row['label']}**" if row["server"] == "ours" else row["label"]
         if not s:
             lines.append([name, MODE_LABEL.get(row["mode"], row["mode"]),
-                          f"error: {row['error'][:80]}", *["—"] * 11])
+                          f"error: {row['error'][:80]}", *["—"] * 12])
             continue
         lines.append([name, MODE_LABEL.get(row["mode"], row["mode"]),
                       _fmt(s["rps_median"]), _fmt(s["rps_min"]), _fmt(s["rps_max"]),
                       _fmt(s["complete"]), _fmt(s["failed"]), _fmt(s["non_2xx"]),
                       _fmt(s["p50_ms"], 0), _fmt(s["p99_ms"], 0), _fmt(s["peak_rss_mb"]),
                       _fmt(s["web_cpu_ms_per_req"], 2), _fmt(s["worker_cpu_ms_per_req"], 2),
+                      _fmt(s.get("broker_cpu_ms_per_req"), 2),
                       _fmt(s["document_length"])])
     return _table(header, lines)
 
@@ -75,6 +76,14 @@ def ratio_table(ratios: Sequence[Mapping[str, Any]]) -> list[str]:
                                                                  "cpu_vs_hello"))]
              for r in ratios]
     return _table(header, lines)
+
+
+def budget_table(budget: Sequence[Mapping[str, Any]], cores: int) -> list[str]:
+    header = ["server", "mode", "web", "worker", "RabbitMQ", "total CPU ms/req",
+              f"sustained req/s ceiling, {cores} cores"]
+    return _table(header, [[b["label"], MODE_LABEL[b["mode"]], _fmt(b["web"], 2),
+                            _fmt(b["worker"], 2), _fmt(b["broker"], 2), _fmt(b["total"], 2),
+                            _fmt(b["ceiling_rps"])] for b in budget])
 
 
 def memory_lines(memory: Mapping[str, Any] | None) -> list[str]:
@@ -127,6 +136,13 @@ def markdown(data: Mapping[str, Any]) -> str:
         out += [f"## `ab -n {spec['requests']} -c {spec['concurrency']}` ({profile}; "
                 f"median of {runs} run{'s' if runs != 1 else ''})", ""]
         out += [*throughput_table(rows, profile), ""]
+        budget = analysis.cpu_budget(rows, profile, machine["nproc"])
+        if budget:
+            out += [f"CPU per request ({profile}): where it goes, and the sustained req/s it "
+                    "allows if nothing else ran (ab's own CPU not counted). A fire-and-forget "
+                    "burst can beat that ceiling: the worker drains the queue after ab ends.",
+                    "",
+                    *budget_table(budget, machine["nproc"]), ""]
     if data["ratios"]:
         out += ["## Ratios (median req/s)", "", *ratio_table(data["ratios"]), ""]
     out += ["## Memory: 10,000 waiting requests" if not meta["smoke"] else "## Memory", ""]

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import ab, broker
-from bench.config import HOST, queue
+from bench.config import AMQP_PORT, HOST, queue
 from bench.lineup import BOUND, Endpoint, ServerSpec
-from bench.measure import RssSampler, UsageMeter, cpu_seconds
+from bench.measure import RssSampler, UsageMeter, cpu_seconds, listener_pid
 from bench.plan import Plan, Profile
 from bench.procs import Managed, free_port
 
@@ -30,6 +30,9 @@ class Run:
     ab: dict[str, Any]
     web_cpu_ms_per_req: float | None
     worker_cpu_ms_per_req: float | None
+    #: RabbitMQ's CPU over the run and the drain; it serves every server's traffic alike, but
+    #: other users of a shared broker add to it (None if its process is not visible).
+    broker_cpu_ms_per_req: float | None
     peak_rss_mb: float
     drained: bool
 
@@ -78,6 +81,7 @@ def summarize(runs: Sequence[Run]) -> dict[str, Any]:
         "peak_rss_mb": max(r.peak_rss_mb for r in runs) if runs else None,
         "web_cpu_ms_per_req": _median([r.web_cpu_ms_per_req for r in runs]),
         "worker_cpu_ms_per_req": _median([r.worker_cpu_ms_per_req for r in runs]),
+        "broker_cpu_ms_per_req": _median([r.broker_cpu_ms_per_req for r in runs]),
     }
 
 
@@ -104,17 +108,19 @@ def _per_request_ms(cpu_s: float, complete: int) -> float | None:
 def measure(server: Managed, worker: Managed | None, url: str, profile: Profile,
             post_file: Path | None, plan: Plan) -> Run:
     """One ab run with CPU and peak-RSS accounting, then drain the queue."""
-    meter = UsageMeter(server.pid, worker.pid if worker else None)
+    meter = UsageMeter(server.pid, worker.pid if worker else None, listener_pid(AMQP_PORT))
     with RssSampler(server.pid) as rss:
         result = ab.run(url, profile.requests, profile.concurrency,
                         time_limit=profile.time_limit, post_file=post_file)
     web_cpu = meter.web()
     drained = settle(worker, plan.drain_timeout)
-    worker_cpu = meter.worker()
+    worker_cpu, broker_cpu = meter.worker(), meter.broker()
     return Run(ab=result.to_dict(),
                web_cpu_ms_per_req=_per_request_ms(web_cpu, result.complete),
                worker_cpu_ms_per_req=(_per_request_ms(worker_cpu, result.complete)
                                       if worker else None),
+               broker_cpu_ms_per_req=(_per_request_ms(broker_cpu, result.complete)
+                                      if broker_cpu is not None and worker else None),
                peak_rss_mb=round(rss.peak / 2**20, 1), drained=drained)
 
 
