@@ -53,12 +53,15 @@ NOTES = [
     "`POST` with body `{{}}`.",
     "(d) ours: `example/main.py --port N` unchanged, `/v1/user` (waiting) and "
     "`/v1/async_user` (fire and forget, 202 after the broker's publisher confirm).",
-    "Each run: `ab -t LIMIT -n N -c C URL` (the limit only bounds a stuck run). req/s is ab's; "
+    "Each run: `ab -r -t LIMIT -n N -c C URL` (`-r`: a socket error is a failed request, not "
+    "an aborted run; the limit only bounds a stuck run). req/s is ab's; "
     "the table gives the median of the runs and their min and max; failed and non-2xx are "
     "summed over the runs; p50/p99 are ab's percentiles (medians over runs). Web CPU ms/req "
     "is the server process's user+system CPU during the run over completed requests; worker "
     "CPU ms/req is the worker's whole process tree's, measured until it has drained the "
-    "queue. Web peak RSS is sampled every 50 ms.",
+    "queue; RabbitMQ CPU likewise (it also serves any other user of the broker). Web peak RSS "
+    "is sampled every 50 ms. Listen drops: the kernel's ListenOverflows counter over the run "
+    "(connections whose SYN was dropped on a full accept queue and retried a second later).",
     "Before each endpoint's runs: a warm-up ab run (not recorded). After every run the runner "
     "waits for the queue to empty and the worker to go idle.",
 ]

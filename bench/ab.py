@@ -1,9 +1,9 @@
 """Run ApacheBench (``ab``) and parse its report into numbers.
 
 The seed's published figures come from ``ab -n 1000 -c 500 <url>``; the runner uses the same
-tool and flags so the numbers compare directly. Only a time limit (``-t``, placed before
-``-n`` so ``-n`` still caps the count) and, for Flower's POST endpoints, ``-p``/``-T`` are
-added.
+tool and flags so the numbers compare directly. Only ``-r`` (see :func:`command`), a time
+limit (``-t``, placed before ``-n`` so ``-n`` still caps the count) and, for Flower's POST
+endpoints, ``-p``/``-T`` are added.
 """
 
 from __future__ import annotations
@@ -82,12 +82,15 @@ def command(url: str, requests: int, concurrency: int, *, time_limit: float,
             post_file: Path | None = None) -> list[str]:
     """The ab command line: the seed's ``-n N -c C`` plus a time limit (and a POST body).
 
+    ``-r``: a socket error counts as a failed request (shown in the table) instead of
+    aborting the whole run, which ab otherwise does on the first connection reset.
+
     No ``-l``: ab's length check stays on. Every endpoint's body has a constant length (the
     user list is seeded once and never changes during a run; task ids are all 36 characters),
     so a "Length" failure means a wrong body: another worker answered, or an error came
     with a 2xx status. That check is how cross-talk between concurrent runs was found.
     """
-    argv = ["ab", "-t", str(int(time_limit)), "-n", str(requests), "-c", str(concurrency)]
+    argv = ["ab", "-r", "-t", str(int(time_limit)), "-n", str(requests), "-c", str(concurrency)]
     if post_file is not None:
         argv += ["-p", str(post_file), "-T", "application/json"]
     return [*argv, url]

@@ -18,7 +18,7 @@ from typing import Any
 from bench import ab, broker
 from bench.config import AMQP_PORT, HOST, queue
 from bench.lineup import BOUND, Endpoint, ServerSpec
-from bench.measure import RssSampler, UsageMeter, cpu_seconds, listener_pid
+from bench.measure import RssSampler, UsageMeter, cpu_seconds, listen_overflows, listener_pid
 from bench.plan import Plan, Profile
 from bench.procs import Managed, free_port
 
@@ -35,6 +35,8 @@ class Run:
     broker_cpu_ms_per_req: float | None
     peak_rss_mb: float
     drained: bool
+    #: Connections the kernel dropped on a full listen queue during the run (global counter).
+    listen_overflows: int | None = None
 
 
 @dataclass
@@ -82,6 +84,7 @@ def summarize(runs: Sequence[Run]) -> dict[str, Any]:
         "web_cpu_ms_per_req": _median([r.web_cpu_ms_per_req for r in runs]),
         "worker_cpu_ms_per_req": _median([r.worker_cpu_ms_per_req for r in runs]),
         "broker_cpu_ms_per_req": _median([r.broker_cpu_ms_per_req for r in runs]),
+        "listen_overflows": _median([r.listen_overflows for r in runs]),
     }
 
 
@@ -108,11 +111,13 @@ def _per_request_ms(cpu_s: float, complete: int) -> float | None:
 def measure(server: Managed, worker: Managed | None, url: str, profile: Profile,
             post_file: Path | None, plan: Plan) -> Run:
     """One ab run with CPU and peak-RSS accounting, then drain the queue."""
+    overflows = listen_overflows()
     meter = UsageMeter(server.pid, worker.pid if worker else None, listener_pid(AMQP_PORT))
     with RssSampler(server.pid) as rss:
         result = ab.run(url, profile.requests, profile.concurrency,
                         time_limit=profile.time_limit, post_file=post_file)
     web_cpu = meter.web()
+    overflows_after = listen_overflows()
     drained = settle(worker, plan.drain_timeout)
     worker_cpu, broker_cpu = meter.worker(), meter.broker()
     return Run(ab=result.to_dict(),
@@ -121,7 +126,10 @@ def measure(server: Managed, worker: Managed | None, url: str, profile: Profile,
                                       if worker else None),
                broker_cpu_ms_per_req=(_per_request_ms(broker_cpu, result.complete)
                                       if broker_cpu is not None and worker else None),
-               peak_rss_mb=round(rss.peak / 2**20, 1), drained=drained)
+               peak_rss_mb=round(rss.peak / 2**20, 1), drained=drained,
+               listen_overflows=(overflows_after - overflows
+                                 if overflows is not None and overflows_after is not None
+                                 else None))
 
 
 def _post_file(endpoint: Endpoint, tmp: Path) -> Path | None:
