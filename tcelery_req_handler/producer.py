@@ -310,12 +310,16 @@ class Producer:
                         f"broker did not declare queue {message.declare.name!r} within "
                         f"{self.publish_timeout:g}s", retry_after=self.publish_timeout) from None
             declared.result()
+        if loop.time() >= deadline:  # never publish what the caller will be told failed
+            raise BrokerUnavailable(
+                f"no time left to publish task {message.task_id} within "
+                f"{self.publish_timeout:g}s (not sent)", retry_after=self.publish_timeout)
         if reply:
             result = self.results.register(message.task_id)
         else:
             result = TaskResult(message.task_id, tracked=False)
         try:
-            await wait_bounded(conn.publish(message), max(deadline - loop.time(), 0.001))
+            await wait_bounded(conn.publish(message), deadline - loop.time())
         except TimeoutError:
             self.results.discard(message.task_id)
             why = "publishing is blocked by a resource alarm" if conn.blocked else \
