@@ -82,7 +82,7 @@ async def test_connection_cut_for_3s_fails_fast_then_recovers_by_itself(
     loop = asyncio.get_running_loop()
     attempts: list[Attempt] = []
     start = loop.time()
-    cut_at, restore_at, stop_at = start + 1.5, start + 4.5, start + 11.0
+    cut_at, restore_at, stop_at = start + 1.5, start + 4.5, start + 10.5
     streams = [asyncio.create_task(_request_loop(producer, attempts, stop_at))
                for _ in range(4)]
     accepted_before = proxy.accepted
@@ -246,9 +246,23 @@ async def test_result_that_cannot_arrive_times_out_naming_the_task(
     started = loop.time()
     with pytest.raises(TaskTimeout) as info:
         await result.get(timeout=2)
-    assert 2.0 <= loop.time() - started < 2.5
+    assert 2.0 <= loop.time() - started < 3.0
     assert info.value.task_id == result.task_id and result.task_id in str(info.value)
     assert await (await producer.send_task(ADD, (1, 1))).get(timeout=10) == 2
+
+
+async def test_reply_queue_deleted_under_us_is_restored_with_its_consumer(
+        rabbit: RabbitNode, fault_worker: CeleryWorker, make_producer: MakeProducer) -> None:
+    """If the reply queue vanishes while we consume it (an operator deletes it), the broker
+    cancels our consumer; the producer starts over by itself: the queue and its one consumer
+    come back, and results flow again."""
+    producer = make_producer(rabbit.url)
+    assert await (await producer.send_task(ADD, (1, 1))).get(timeout=10) == 2
+    name = producer.reply_queue.name
+    rabbit.delete_queue(name)
+    await _wait_until(lambda: rabbit.queue(name) == (0, 1), 10,
+                      "the reply queue to come back with our consumer", poll=0.1)
+    assert await (await producer.send_task(ADD, (2, 2))).get(timeout=10) == 4
 
 
 async def test_worker_killed_mid_task_times_out_and_producer_stays_healthy(
@@ -268,7 +282,7 @@ async def test_worker_killed_mid_task_times_out_and_producer_stays_healthy(
         started = loop.time()
         outcomes = await asyncio.gather(*(r.get(timeout=2) for r in results),
                                         return_exceptions=True)
-        assert 2.0 <= loop.time() - started < 2.5
+        assert 2.0 <= loop.time() - started < 3.0
         for result, outcome in zip(results, outcomes, strict=True):
             assert isinstance(outcome, TaskTimeout), outcome
             assert outcome.task_id == result.task_id and result.task_id in str(outcome)
@@ -373,7 +387,7 @@ async def test_overload_bound_refuses_new_waits_at_once(
     started = loop.time()
     with pytest.raises(Overloaded) as info:
         await producer.send_task(ADD, (1, 1))
-    assert loop.time() - started < 0.05
+    assert loop.time() - started < 0.1
     assert isinstance(info.value, BrokerUnavailable) and info.value.retry_after > 0
     assert "20" in str(info.value)
     assert (await producer.send_task(ADD, (1, 1), reply=False)).task_id

@@ -31,12 +31,15 @@ ADD = "faults.add"
 
 
 def make_app(broker_url: str, queue: str) -> Celery:
-    """A Celery app for the fault tests: rpc:// results, persistent messages, ``queue``."""
+    """A Celery app for the fault tests: rpc:// results, default queue ``queue``.
+
+    Delivery mode is left at Celery's default (persistent): the broker-restart tests prove
+    that what users get by default survives a restart.
+    """
     app = Celery("tcelery_faults", broker=broker_url, backend="rpc://", set_as_current=False)
     app.conf.update(
         task_default_queue=queue,
         task_track_started=True,
-        task_default_delivery_mode="persistent",
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # a fault worker outlives any broker outage
         worker_prefetch_multiplier=1,
