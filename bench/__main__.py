@@ -104,24 +104,35 @@ def _prune_tmp(keep: int = 5) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _hold(module: str, target: memory.Target, plan: Plan, tmp: Path,
+          log: Any) -> dict[str, Any]:
+    """One memory measurement: start the hold server ``module``, park, measure, release."""
+    port = procs.free_port()
+    server = procs.Managed(target.name + "_hold", [sys.executable, "-m", module, "--port",
+                                                   str(port)], cwd=ROOT, log_dir=tmp)
+    try:
+        server.wait_http(f"http://127.0.0.1:{port}/pending", 30)
+        result = asyncio.run(memory.run(port, server.pid, plan.memory_requests, target,
+                                        warmup=min(500, plan.memory_requests)))
+        if result.error:
+            log(f"  ! memory test ({target.name}): {result.error}\n{server.tail(1500)}")
+        log(f"  {target.name}: {result.rss_per_request:.0f} bytes RSS per waiting request, "
+            f"{result.ok_200} of {plan.memory_requests} answered 200")
+        return result.to_dict()
+    finally:
+        server.stop()
+
+
 def _memory_test(plan: Plan, tmp: Path, log: Any) -> dict[str, Any]:
+    """Ours, then plain Tornado as the floor (``memory["floor"]``)."""
     from bench.lineup import _example_missing
 
     reason = _example_missing()
     if reason:
         return {"skipped": reason}
-    port = procs.free_port()
-    server = procs.Managed("ours_hold", [sys.executable, "-m", "bench.servers.ours_hold",
-                                         "--port", str(port)], cwd=ROOT, log_dir=tmp)
-    try:
-        server.wait_http(f"http://127.0.0.1:{port}/pending", 30)
-        result = asyncio.run(memory.run(port, server.pid, plan.memory_requests,
-                                        warmup=min(500, plan.memory_requests)))
-        if result.error:
-            log(f"  ! memory test: {result.error}\n{server.tail(1500)}")
-        return result.to_dict()
-    finally:
-        server.stop()
+    result = _hold("bench.servers.ours_hold", memory.ours_target(), plan, tmp, log)
+    result["floor"] = _hold("bench.servers.tornado_hold", memory.floor_target(), plan, tmp, log)
+    return result
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,9 +186,6 @@ def run(args: argparse.Namespace) -> int:
     if plan.memory_requests:
         log(f"- memory: {plan.memory_requests} waiting requests on one process of ours")
         memory_result = _memory_test(plan, tmp, log)
-        if "rss_per_request" in memory_result:
-            log(f"  {memory_result['rss_per_request']:.0f} bytes RSS per waiting request, "
-                f"{memory_result['ok_200']} of {plan.memory_requests} answered 200")
     procs.stop_all()
 
     row_dicts = [r.to_dict() for r in rows]

@@ -107,6 +107,19 @@ def memory_lines(memory: Mapping[str, Any] | None) -> list[str]:
     ]
     if memory.get("error"):
         lines.append(f"- error: {memory['error']}")
+    floor = memory.get("floor")
+    if floor and floor.get("rss_per_request"):
+        lines += [
+            "",
+            f"Control: plain Tornado (`bench/servers/tornado_hold.py`, a handler awaiting an "
+            f"`asyncio.Event`, no Celery) held {floor['waiting_reached']:,} requests with "
+            f"**{floor['rss_per_request'] / 1000:.1f} KB** per waiting request "
+            f"({floor['ok_200']:,} answered 200): the floor any Tornado handler pays. "
+            f"Ours needs {(memory['rss_per_request'] - floor['rss_per_request']) / 1000:.1f} "
+            "KB more per request.",
+        ]
+        if floor.get("error"):
+            lines.append(f"- control error: {floor['error']}")
     return lines
 
 
