@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         print(message, flush=True)
 
     system.ensure_tools()
+    broker.preflight()
     system.raise_fd_limit(plan.memory_requests + 4096)
     _prune_tmp()
     run_id = f"{started:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
@@ -206,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     procs.install_cleanup()
     try:
         return run(args)
+    except (RuntimeError, procs.StartError) as exc:
+        print(f"bench: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         procs.stop_all()
         if "BENCH_QUEUE" in os.environ:

@@ -1,4 +1,4 @@
-"""The benchmark's queue on RabbitMQ: its depth while draining, and deleting it at the end."""
+"""The benchmark's services: is RabbitMQ (and Redis) up, the run queue's depth, its deletion."""
 
 from __future__ import annotations
 
@@ -27,6 +27,23 @@ def _with_channel(action: Callable[[Any], int]) -> int:
         return action(conn.channel())
     finally:
         conn.close()
+
+
+def preflight() -> None:
+    """Fail early, in one line, if RabbitMQ or Redis does not answer."""
+    import redis
+
+    from bench.config import REDIS_URL
+    try:
+        _with_channel(lambda channel: 0)
+    except pika.exceptions.AMQPError as exc:
+        raise RuntimeError(f"RabbitMQ does not answer at {BROKER_URL} ({exc!r}): start it "
+                           "(`rabbitmq-server -detached`) or set BENCH_BROKER_URL") from None
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=5).ping()
+    except redis.RedisError as exc:
+        raise RuntimeError(f"Redis does not answer at {REDIS_URL} ({exc}): start it "
+                           "(`redis-server --daemonize yes`) or set BENCH_REDIS_URL") from None
 
 
 def queue_depth(queue: str) -> int:
