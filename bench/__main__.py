@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench import analysis, broker, memory, procs, report, system
+from bench import analysis, broker, memory, procs, profiling, report, system
 from bench.config import BROKER_URL, REDIS_URL, RESULTS_DIR, ROOT, TMP_DIR, queue
 from bench.lineup import lineup
 from bench.plan import FULL, SMOKE, Plan
@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma-separated subset of hello,bridge,flower,ours")
     parser.add_argument("--memory-requests", type=int,
                         help="waiting requests in the memory test (default 10000; 0 skips it)")
+    parser.add_argument("--profile", action="store_true",
+                        help="record ours with py-spy during the first run of each profile "
+                             "(into the results directory; needs `pip install py-spy`)")
     parser.add_argument("--out", type=Path, help="results directory")
     parser.add_argument("--stem", help="results file name without extension")
     return parser.parse_args(argv)
@@ -147,8 +150,11 @@ def run(args: argparse.Namespace) -> int:
 
     system.ensure_tools()
     broker.preflight()
+    if args.profile and not profiling.available():
+        raise RuntimeError("--profile needs py-spy: pip install py-spy")
     system.raise_fd_limit(plan.memory_requests + 4096)
     _prune_tmp()
+    out_dir.mkdir(parents=True, exist_ok=True)
     run_id = f"{started:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
     # Every child inherits it: the run's own queue (see bench.config.queue).
     os.environ["BENCH_QUEUE"] = f"bench-{run_id}"
@@ -156,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     tmp.mkdir(parents=True)
     meta = {"command": shlex.join(["python", "-m", "bench", *sys.argv[1:]]),
             "started": f"{started:%Y-%m-%d %H:%M UTC}", "smoke": plan.smoke,
+            "profiled": args.profile,
             "plan": {"profiles": [p.__dict__ for p in plan.profiles], "runs": plan.runs,
                      "memory_requests": plan.memory_requests},
             "logs": str(tmp), **system.describe()}
@@ -179,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
             raise procs.StartError(f"the worker died:\n{worker.tail()}")
         log(f"- {spec.key}: {spec.label}")
         try:
-            rows += bench_server(spec, plan, worker, tmp, log)
+            profile_dir = out_dir if args.profile and spec.key == "ours" else None
+            rows += bench_server(spec, plan, worker, tmp, log, profile_dir)
         except procs.StartError as exc:
             log(f"  ! {exc}")
             rows.append(Row(spec.key, spec.label, "error", "-", 0, 0, "", error=str(exc)))

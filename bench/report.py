@@ -135,6 +135,8 @@ def markdown(data: Mapping[str, Any]) -> str:
     out = [
         "# Benchmark results" + (" (smoke run: tiny, not for comparison)" if meta["smoke"] else ""),
         "",
+        *(["ours was recorded by py-spy during the first run of each profile (`--profile`): "
+           "its CPU figures include the sampling overhead.", ""] if meta.get("profiled") else []),
         f"`{meta['command']}`, {meta['started']} ({meta['duration_s']:.0f} s).",
         "",
         f"Machine: {machine['nproc']} CPUs ({machine['cpu_model']}), {machine['ram_gib']} GiB RAM, "

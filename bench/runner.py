@@ -8,6 +8,7 @@ from the same state and the worker's CPU for those tasks is charged to the run t
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import ab, broker
+from bench import ab, broker, profiling
 from bench.config import AMQP_PORT, HOST, queue
 from bench.lineup import BOUND, Endpoint, ServerSpec
 from bench.measure import RssSampler, UsageMeter, cpu_seconds, listen_overflows, listener_pid
@@ -109,15 +110,22 @@ def _per_request_ms(cpu_s: float, complete: int) -> float | None:
 
 
 def measure(server: Managed, worker: Managed | None, url: str, profile: Profile,
-            post_file: Path | None, plan: Plan) -> Run:
-    """One ab run with CPU and peak-RSS accounting, then drain the queue."""
+            post_file: Path | None, plan: Plan, spy: Path | None = None) -> Run:
+    """One ab run with CPU and peak-RSS accounting, then drain the queue.
+
+    With ``spy``, py-spy records the server during the run into that file (and a summary
+    next to it); the run's CPU figures then include py-spy's small sampling overhead.
+    """
     overflows = listen_overflows()
     meter = UsageMeter(server.pid, worker.pid if worker else None, listener_pid(AMQP_PORT))
-    with RssSampler(server.pid) as rss:
+    recording = profiling.record(server.pid, spy) if spy else contextlib.nullcontext()
+    with recording, RssSampler(server.pid) as rss:
         result = ab.run(url, profile.requests, profile.concurrency,
                         time_limit=profile.time_limit, post_file=post_file)
     web_cpu = meter.web()
     overflows_after = listen_overflows()
+    if spy and spy.exists():
+        spy.with_name(spy.stem + "-summary.txt").write_text(profiling.summarize(spy))
     drained = settle(worker, plan.drain_timeout)
     worker_cpu, broker_cpu = meter.worker(), meter.broker()
     return Run(ab=result.to_dict(),
@@ -145,7 +153,7 @@ def _uses_worker(endpoint: Endpoint) -> bool:
 
 
 def bench_server(spec: ServerSpec, plan: Plan, worker: Managed, tmp: Path,
-                 log: Any = print) -> list[Row]:
+                 log: Any = print, profile_dir: Path | None = None) -> list[Row]:
     """Start ``spec``'s server, measure every endpoint under every profile, stop it."""
     port = free_port()
     rows: list[Row] = []
@@ -165,8 +173,10 @@ def bench_server(spec: ServerSpec, plan: Plan, worker: Managed, tmp: Path,
                 row = Row(spec.key, spec.label, endpoint.mode, profile.name, profile.requests,
                           profile.concurrency, url, warmup=warm.to_dict())
                 for i in range(plan.runs):
+                    spy = (profile_dir / f"profile-{profile.name}-{spec.key}-{endpoint.mode}.txt"
+                           if profile_dir and i == 0 else None)
                     run = measure(server, worker if _uses_worker(endpoint) else None, url,
-                                  profile, post_file, plan)
+                                  profile, post_file, plan, spy)
                     row.runs.append(run)
                     log(f"  {spec.key:7} {endpoint.mode:16} {profile.name:5} run {i + 1}: "
                         f"{run.ab['rps']:8.1f} req/s  complete {run.ab['complete']:5}  "
