@@ -16,10 +16,11 @@ PREFIX = os.environ.get("TCELERY_TEST_PREFIX", f"tcelery-test-{uuid.uuid4().hex[
 QUEUE = f"{PREFIX}.faults"
 
 
-def worker_for(node: RabbitNode, queues: list[str], name: str, *,
-               concurrency: int = 2) -> CeleryWorker:
+def worker_for(node: RabbitNode, queues: list[str], name: str, *, concurrency: int = 2,
+               pool: str = "prefork") -> CeleryWorker:
     """A (not yet started) fault worker consuming ``queues`` straight from ``node``."""
     return CeleryWorker(
         "tests.faults.fault_app", queues, f"{name}-{PREFIX}", concurrency=concurrency,
+        pool=pool,
         env={"TCELERY_FAULT_BROKER": node.url, "TCELERY_TEST_BROKER": node.url,
              "TCELERY_FAULT_QUEUE": QUEUE, "TCELERY_FAULT_REDIS": fault_app.REDIS_URL})

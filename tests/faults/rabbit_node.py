@@ -80,9 +80,15 @@ class RabbitNode:
             # the alarm tests lower the watermark by hand; keep the disk alarm out of the way
             "disk_free_limit.absolute = 1MB\n")
         (self.dir / "nodename").write_text(self.name)
-        user = pwd.getpwnam("rabbitmq")
-        for path in (self.dir, *self.dir.iterdir()):
-            os.chown(path, user.pw_uid, user.pw_gid)
+        try:
+            user = pwd.getpwnam("rabbitmq")
+            for path in (self.dir, *self.dir.iterdir()):
+                os.chown(path, user.pw_uid, user.pw_gid)
+        except (KeyError, PermissionError) as exc:
+            raise RabbitNodeError(
+                f"cannot prepare a private RabbitMQ node ({exc!r}): the fault tests need "
+                "rabbitmq-server installed with its 'rabbitmq' user, and to run as root or "
+                "as that user") from exc
 
     def _env(self) -> dict[str, str]:
         d = str(self.dir)
