@@ -59,9 +59,13 @@ NOTES = [
     "summed over the runs; p50/p99 are ab's percentiles (medians over runs). Web CPU ms/req "
     "is the server process's user+system CPU during the run over completed requests; worker "
     "CPU ms/req is the worker's whole process tree's, measured until it has drained the "
-    "queue; RabbitMQ CPU likewise (it also serves any other user of the broker). Web peak RSS "
+    "queue; broker CPU likewise, RabbitMQ's plus Redis's (Redis carries Flower's results; "
+    "both also serve any other user of them). Web peak RSS "
     "is sampled every 50 ms. Listen drops: the kernel's ListenOverflows counter over the run "
     "(connections whose SYN was dropped on a full accept queue and retried a second later).",
+    "Other load %: the share of the machine's CPU that processes outside the benchmark "
+    "(neither the web server, the worker, RabbitMQ, Redis nor ab) used during the ab run. On a "
+    "shared machine it is the noise figure: compare rows with similar values only.",
     "Before each endpoint's runs: a warm-up ab run (not recorded). After every run the runner "
     "waits for the queue to empty and the worker to go idle.",
 ]

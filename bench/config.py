@@ -20,7 +20,8 @@ TMP_DIR = RESULTS_DIR / "tmp"  # logs, payload, SQLite; git-ignored
 HOST = "127.0.0.1"
 AMQP_PORT = int(os.environ.get("BENCH_AMQP_PORT", "5672"))
 BROKER_URL = os.environ.get("BENCH_BROKER_URL", f"amqp://guest:guest@{HOST}:{AMQP_PORT}//")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", f"redis://{HOST}:6379/15")
+REDIS_PORT = int(os.environ.get("BENCH_REDIS_PORT", "6379"))
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", f"redis://{HOST}:{REDIS_PORT}/15")
 
 #: Used only when a module runs outside the runner (which always sets ``BENCH_QUEUE``).
 DEFAULT_QUEUE = "bench.payment_default1"

@@ -2,14 +2,18 @@
 
 CPU per request is ``(user + system CPU seconds after - before) / completed requests`` of the
 web process, and separately of the worker's whole process tree (parent plus pool children)
-and of the RabbitMQ server. On two cores their sum is what bounds req/s, so the report can
-show where a request's CPU goes. Peak RSS is sampled every 50 ms by a background thread.
+and of the brokers (RabbitMQ, plus Redis for Flower's results). On two cores their sum is
+what bounds req/s, so the report can show where a request's CPU goes. Peak RSS is sampled
+every 50 ms by a background thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import resource
 import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +40,42 @@ def listener_pid(port: int) -> int | None:
             if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
                 return int(conn.pid)
     return None
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent not idle since boot (steal counts as busy: a core
+    another VM holds is a core the benchmark does not get)."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0)
+                 - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0))
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's finished, waited-for children (ab runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class OtherLoad:
+    """How much of the machine something *outside* the benchmark used during an interval.
+
+    ``(all cores' busy time - web - worker - broker - ab) / (wall time x cores)``, in %.
+    On a shared machine this is the noise figure: a run with high other load is slower for
+    reasons that have nothing to do with the server under test.
+    """
+
+    def __init__(self) -> None:
+        self._busy0 = machine_busy_seconds()
+        self._children0 = children_cpu_seconds()
+        self._t0 = time.monotonic()
+
+    def percent(self, ours_cpu_s: float) -> float:
+        busy = machine_busy_seconds() - self._busy0
+        ab_cpu = children_cpu_seconds() - self._children0
+        wall = time.monotonic() - self._t0
+        cores = psutil.cpu_count() or 1
+        other = max(0.0, busy - ours_cpu_s - ab_cpu)
+        return round(100 * other / (wall * cores), 1) if wall > 0 else 0.0
 
 
 def listen_overflows() -> int | None:
@@ -99,20 +139,22 @@ class Usage:
 
 
 class UsageMeter:
-    """Snapshot CPU of the web process, the worker tree and the broker; diff later."""
+    """Snapshot CPU of the web process, the worker tree and the brokers (RabbitMQ, and Redis
+    which Flower's results go through); diff later."""
 
     def __init__(self, web_pid: int, worker_pid: int | None,
-                 broker_pid: int | None = None) -> None:
-        self.web_pid, self.worker_pid, self.broker_pid = web_pid, worker_pid, broker_pid
+                 broker_pids: Sequence[int | None] = ()) -> None:
+        self.web_pid, self.worker_pid = web_pid, worker_pid
+        self.broker_pids = [pid for pid in broker_pids if pid]
         self._web0 = cpu_seconds(web_pid)
         self._worker0 = cpu_seconds(worker_pid, tree=True) if worker_pid else 0.0
         self._broker0 = self._broker_now()
 
     def _broker_now(self) -> float | None:
-        if not self.broker_pid:
+        if not self.broker_pids:
             return None
         try:
-            return cpu_seconds(self.broker_pid)
+            return sum(cpu_seconds(pid) for pid in self.broker_pids)
         except psutil.Error:
             return None
 

@@ -48,14 +48,15 @@ def _sorted_rows(rows: Sequence[Mapping[str, Any]], profile: str) -> list[Mappin
 def throughput_table(rows: Sequence[Mapping[str, Any]], profile: str) -> list[str]:
     header = ["server", "mode", "req/s (median)", "min", "max", "complete", "failed",
               "non-2xx", "p50 ms", "p99 ms", "web peak RSS MB", "web CPU ms/req",
-              "worker CPU ms/req", "RabbitMQ CPU ms/req", "listen drops", "body bytes"]
+              "worker CPU ms/req", "broker CPU ms/req", "listen drops", "other load %",
+              "body bytes"]
     lines = []
     for row in _sorted_rows(rows, profile):
         s = row["summary"]
         name = f"**{row['label']}**" if row["server"] == "ours" else row["label"]
         if not s:
             lines.append([name, MODE_LABEL.get(row["mode"], row["mode"]),
-                          f"error: {row['error'][:80]}", *["—"] * 13])
+                          f"error: {row['error'][:80]}", *["—"] * 14])
             continue
         lines.append([name, MODE_LABEL.get(row["mode"], row["mode"]),
                       _fmt(s["rps_median"]), _fmt(s["rps_min"]), _fmt(s["rps_max"]),
@@ -63,7 +64,7 @@ def throughput_table(rows: Sequence[Mapping[str, Any]], profile: str) -> list[st
                       _fmt(s["p50_ms"], 0), _fmt(s["p99_ms"], 0), _fmt(s["peak_rss_mb"]),
                       _fmt(s["web_cpu_ms_per_req"], 2), _fmt(s["worker_cpu_ms_per_req"], 2),
                       _fmt(s.get("broker_cpu_ms_per_req"), 2),
-                      _fmt(s.get("listen_overflows"), 0),
+                      _fmt(s.get("listen_overflows"), 0), _fmt(s.get("other_load_pct")),
                       _fmt(s["document_length"])])
     return _table(header, lines)
 
@@ -80,7 +81,7 @@ def ratio_table(ratios: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def budget_table(budget: Sequence[Mapping[str, Any]], cores: int) -> list[str]:
-    header = ["server", "mode", "web", "worker", "RabbitMQ", "total CPU ms/req",
+    header = ["server", "mode", "web", "worker", "broker", "total CPU ms/req",
               f"sustained req/s ceiling, {cores} cores"]
     return _table(header, [[b["label"], MODE_LABEL[b["mode"]], _fmt(b["web"], 2),
                             _fmt(b["worker"], 2), _fmt(b["broker"], 2), _fmt(b["total"], 2),

@@ -17,9 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from bench import ab, broker, profiling
-from bench.config import AMQP_PORT, HOST, queue
+from bench.config import AMQP_PORT, HOST, REDIS_PORT, queue
 from bench.lineup import BOUND, Endpoint, ServerSpec
-from bench.measure import RssSampler, UsageMeter, cpu_seconds, listen_overflows, listener_pid
+from bench.measure import (
+    OtherLoad,
+    RssSampler,
+    UsageMeter,
+    cpu_seconds,
+    listen_overflows,
+    listener_pid,
+)
 from bench.plan import Plan, Profile
 from bench.procs import Managed, free_port
 
@@ -31,13 +38,15 @@ class Run:
     ab: dict[str, Any]
     web_cpu_ms_per_req: float | None
     worker_cpu_ms_per_req: float | None
-    #: RabbitMQ's CPU over the run and the drain; it serves every server's traffic alike, but
-    #: other users of a shared broker add to it (None if its process is not visible).
+    #: RabbitMQ's + Redis's CPU over the run and the drain (Redis only matters for Flower's
+    #: results); other users of a shared broker add to it (None if not visible).
     broker_cpu_ms_per_req: float | None
     peak_rss_mb: float
     drained: bool
     #: Connections the kernel dropped on a full listen queue during the run (global counter).
     listen_overflows: int | None = None
+    #: % of the machine used by processes outside the benchmark during the ab run: noise.
+    other_load_pct: float | None = None
 
 
 @dataclass
@@ -86,6 +95,7 @@ def summarize(runs: Sequence[Run]) -> dict[str, Any]:
         "worker_cpu_ms_per_req": _median([r.worker_cpu_ms_per_req for r in runs]),
         "broker_cpu_ms_per_req": _median([r.broker_cpu_ms_per_req for r in runs]),
         "listen_overflows": _median([r.listen_overflows for r in runs]),
+        "other_load_pct": _median([r.other_load_pct for r in runs]),
     }
 
 
@@ -117,12 +127,15 @@ def measure(server: Managed, worker: Managed | None, url: str, profile: Profile,
     next to it); the run's CPU figures then include py-spy's small sampling overhead.
     """
     overflows = listen_overflows()
-    meter = UsageMeter(server.pid, worker.pid if worker else None, listener_pid(AMQP_PORT))
+    meter = UsageMeter(server.pid, worker.pid if worker else None,
+                       [listener_pid(AMQP_PORT), listener_pid(REDIS_PORT)])
     recording = profiling.record(server.pid, spy) if spy else contextlib.nullcontext()
+    other = OtherLoad()
     with recording, RssSampler(server.pid) as rss:
         result = ab.run(url, profile.requests, profile.concurrency,
                         time_limit=profile.time_limit, post_file=post_file)
     web_cpu = meter.web()
+    other_pct = other.percent(web_cpu + meter.worker() + (meter.broker() or 0.0))
     overflows_after = listen_overflows()
     if spy and spy.exists():
         spy.with_name(spy.stem + "-summary.txt").write_text(profiling.summarize(spy))
@@ -137,7 +150,8 @@ def measure(server: Managed, worker: Managed | None, url: str, profile: Profile,
                peak_rss_mb=round(rss.peak / 2**20, 1), drained=drained,
                listen_overflows=(overflows_after - overflows
                                  if overflows is not None and overflows_after is not None
-                                 else None))
+                                 else None),
+               other_load_pct=other_pct)
 
 
 def _post_file(endpoint: Endpoint, tmp: Path) -> Path | None:
