@@ -29,6 +29,9 @@ from bench.plan import FULL, SMOKE, Plan
 from bench.runner import Row, bench_server
 from bench.worker import seed_users, start_worker, worker_env
 
+#: Bound on one memory measurement (warm-up, 10,000 connections, release, answers).
+MEMORY_TEST_LIMIT = 600
+
 NOTES = [
     "Everything runs on this machine over loopback: RabbitMQ, Redis (`{redis}`, Flower's "
     "result backend only), one Celery worker, one web server at a time, and `ab` without "
@@ -119,8 +122,13 @@ def _hold(module: str, target: memory.Target, plan: Plan, tmp: Path,
                                                    str(port)], cwd=ROOT, log_dir=tmp)
     try:
         server.wait_http(f"http://127.0.0.1:{port}/pending", 30)
-        result = asyncio.run(memory.run(port, server.pid, plan.memory_requests, target,
-                                        warmup=min(500, plan.memory_requests)))
+        try:
+            result = asyncio.run(asyncio.wait_for(
+                memory.run(port, server.pid, plan.memory_requests, target,
+                           warmup=min(500, plan.memory_requests)), MEMORY_TEST_LIMIT))
+        except TimeoutError:
+            result = memory.MemoryResult(server=target.name, requests=plan.memory_requests,
+                                         error=f"not done within {MEMORY_TEST_LIMIT} s")
         if result.error:
             log(f"  ! memory test ({target.name}): {result.error}\n{server.tail(1500)}")
         log(f"  {target.name}: {result.rss_per_request:.0f} bytes RSS per waiting request, "
