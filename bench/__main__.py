@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import analysis, broker, memory, procs, profiling, report, system
 from bench.config import BROKER_URL, REDIS_URL, RESULTS_DIR, ROOT, TMP_DIR, queue
-from bench.lineup import lineup
+from bench.lineup import example_missing, lineup
 from bench.plan import FULL, SMOKE, Plan
 from bench.runner import Row, bench_server
 from bench.worker import seed_users, start_worker, worker_env
@@ -140,9 +140,8 @@ def _hold(module: str, target: memory.Target, plan: Plan, tmp: Path,
 
 def _memory_test(plan: Plan, tmp: Path, log: Any) -> dict[str, Any]:
     """Ours, then plain Tornado as the floor (``memory["floor"]``)."""
-    from bench.lineup import _example_missing
 
-    reason = _example_missing()
+    reason = example_missing()
     if reason:
         return {"skipped": reason}
     result = _hold("bench.servers.ours_hold", memory.ours_target(), plan, tmp, log)

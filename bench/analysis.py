@@ -109,7 +109,7 @@ def targets(rows: Sequence[Mapping[str, Any]], memory: Mapping[str, Any] | None,
             _check(f"{mode}: x Flower", ratio.get("rps_vs_flower"), ">=", flower_x, "x"),
             _check(f"{mode}: web CPU/req vs hello world's", ratio.get("cpu_vs_hello"),
                    "<=", cpu_x, "x"),
-            _check(f"{mode}: failed requests at -c {ours and _concurrency(rows, profile)}",
+            _check(f"{mode}: failed requests at -c {_concurrency(rows, profile)}",
                    ours["failed"] + ours["non_2xx"], "<=", 0),
         ]
     if memory and memory.get("rss_per_request"):

@@ -68,7 +68,8 @@ def _example_argv(port: int, tmp: Path) -> list[str]:
     return [sys.executable, "main.py", "--port", str(port)]
 
 
-def _example_missing() -> str | None:
+def example_missing() -> str | None:
+    """Why ours (the example app on the library's routes) cannot run yet, or None."""
     if not (EXAMPLE_DIR / "main.py").exists():
         return "example/main.py does not exist yet"
     try:
@@ -107,5 +108,5 @@ def lineup(example_env: dict[str, str]) -> list[ServerSpec]:
                    (Endpoint(WAITING, "/v1/user"), Endpoint(FIRE_AND_FORGET, "/v1/async_user")),
                    _example_argv, cwd=EXAMPLE_DIR,
                    env={"BROKER_URL": BROKER_URL, **example_env},
-                   unavailable=_example_missing),
+                   unavailable=example_missing),
     ]
