@@ -140,7 +140,6 @@ def _hold(module: str, target: memory.Target, plan: Plan, tmp: Path,
 
 def _memory_test(plan: Plan, tmp: Path, log: Any) -> dict[str, Any]:
     """Ours, then plain Tornado as the floor (``memory["floor"]``)."""
-
     reason = example_missing()
     if reason:
         return {"skipped": reason}
