@@ -215,6 +215,30 @@ class _ConsumeChannel(_Channel):
         self.connection.abort("reply consumer cancelled by the broker")
 
 
+class _CoalescingConnection(AsyncioConnection):  # type: ignore[misc]
+    """pika's asyncio connection, writing once per loop turn.
+
+    pika hands its transport each frame separately (three per publish: method, header, body)
+    and the transport makes one ``send()`` per write. Joining everything written during one
+    loop turn into one write turns hundreds of syscalls into one under load; the order of
+    frames is unchanged, and the delay is one loop iteration.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._pending_output: list[bytes] = []
+        super().__init__(*args, **kwargs)
+
+    def _adapter_emit_data(self, data: bytes) -> None:
+        self._pending_output.append(data)
+        if len(self._pending_output) == 1:
+            self.ioloop.call_soon(self._flush_output)
+
+    def _flush_output(self) -> None:
+        output, self._pending_output = self._pending_output, []
+        if output and self._transport is not None:
+            super()._adapter_emit_data(b"".join(output))
+
+
 class BrokerConnection:
     """An open AMQP connection with its declare, publish and consume channels.
 
@@ -249,7 +273,7 @@ class BrokerConnection:
         """
         loop = asyncio.get_running_loop()
         self = cls(loop, prefetch, on_lost)
-        self.pika = AsyncioConnection(
+        self.pika = _CoalescingConnection(
             parameters, on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_close, custom_ioloop=loop)
         try:
