@@ -9,6 +9,7 @@ abandoned request) vanishes from the map by itself, and a late reply for it is d
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import weakref
@@ -17,7 +18,8 @@ from typing import Any
 
 from celery import states as celery_states
 from kombu.exceptions import ContentDisallowed, DecodeError
-from kombu.serialization import loads, prepare_accept_content
+from kombu.serialization import loads, prepare_accept_content, registry
+from kombu.utils import json as kombu_json
 
 from ._aio import wait_bounded
 from .errors import ResultDecodeError, TaskFailed, TaskRevoked, TaskTimeout, TCeleryError
@@ -28,6 +30,10 @@ READY_STATES = frozenset(celery_states.READY_STATES)
 PENDING = celery_states.PENDING
 
 _QueueItem = tuple[str, Any]
+_JSON = "application/json"
+#: kombu's JSON decoding (its ``object_hook`` revives datetimes, UUIDs, ...), built once:
+#: ``kombu.utils.json.loads`` builds a new decoder for every message.
+_JSON_DECODER = json.JSONDecoder(object_hook=kombu_json.object_hook)
 
 
 class TaskResult:
@@ -212,6 +218,9 @@ class ResultRegistry:
 
     def __init__(self, accept: Iterable[str], default_timeout: float) -> None:
         self.accept = prepare_accept_content(list(accept))
+        # The fast path is only taken where it decodes exactly as kombu would.
+        self._fast_json = _JSON in self.accept and registry._decoders.get(_JSON) is \
+            kombu_json.loads
         self.default_timeout = default_timeout
         self._pending: weakref.WeakValueDictionary[str, TaskResult] = (
             weakref.WeakValueDictionary())
@@ -236,7 +245,7 @@ class ResultRegistry:
         if result is None:
             return  # late or foreign: the waiter is gone
         try:
-            meta = loads(body, content_type, content_encoding or "utf-8", accept=self.accept)
+            meta = self._decode(body, content_type, content_encoding)
         except ContentDisallowed:
             self._pending.pop(correlation_id, None)
             result._abort(ResultDecodeError(correlation_id, content_type or "(none)"))
@@ -251,6 +260,15 @@ class ResultRegistry:
         result._update(meta)
         if result.state in READY_STATES:
             self._pending.pop(correlation_id, None)
+
+    def _decode(self, body: bytes, content_type: str | None,
+                content_encoding: str | None) -> Any:
+        if self._fast_json and content_type == _JSON and content_encoding in ("utf-8", None):
+            try:
+                return _JSON_DECODER.decode(body.decode())
+            except ValueError as exc:  # UnicodeDecodeError included
+                raise DecodeError(exc) from exc
+        return loads(body, content_type, content_encoding or "utf-8", accept=self.accept)
 
     def abort_all(self, error: BaseException) -> None:
         """Fail every waiter (the producer is closing)."""

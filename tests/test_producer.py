@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
 import gc
 import pickle
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pika
@@ -38,6 +41,17 @@ async def test_round_trip_args_kwargs_and_json(producer: Producer) -> None:
     assert result.state == result.status == "SUCCESS"
     assert result.ready() and result.successful() and not result.failed()
     assert result.result == value and result.date_done
+
+
+async def test_kombu_json_types_survive_the_round_trip(producer: Producer) -> None:
+    # kombu's JSON tags datetimes, UUIDs and decimals; the reply decoder revives them.
+    when = datetime.datetime(2026, 11, 21, 12, 30, tzinfo=datetime.timezone.utc)
+    ident, amount = uuid.uuid4(), decimal.Decimal("12.50")
+    result = await producer.apply_async(worker_app.echo, (when, ident, amount))
+    value = await result.get(timeout=10)
+    assert value["args"] == [when, ident, amount]
+    assert type(value["args"][0]) is datetime.datetime
+    assert producer.results._fast_json  # decoded by the fast path, not kombu's registry
 
 
 async def test_send_task_by_name(producer: Producer) -> None:
@@ -238,6 +252,7 @@ async def test_setup_nonblocking_producer_installs_the_default(workers: object) 
 
 
 async def test_ten_thousand_concurrent_waits_share_one_connection(producer: Producer) -> None:
+    assert producer.max_pending >= 10_000  # all of them may be awaited at once
     threads_before = threading.active_count()
     connection = producer._conn
     results = await asyncio.gather(*(producer.apply_async(worker_app.add, (i, 1))
