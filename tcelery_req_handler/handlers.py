@@ -84,8 +84,10 @@ class TaskHandler:
         return await _gather([self.one(verb, i, *args, **kwargs) for i in range(count)])
 
     async def fire(self, verb: str, *args: Any, **kwargs: Any) -> list[str]:
-        sent = await _gather([self.send(spec, args, kwargs, reply=False)
-                              for spec in self.tasks(verb)])
+        specs = self.tasks(verb)
+        if len(specs) == 1:
+            return [(await self.send(specs[0], args, kwargs, reply=False)).task_id]
+        sent = await _gather([self.send(spec, args, kwargs, reply=False) for spec in specs])
         return [result.task_id for result in sent]
 
     async def get_one(self, index: int, *args: Any, **kwargs: Any) -> TaskResult:
