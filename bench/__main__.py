@@ -40,7 +40,8 @@ NOTES = [
     "prefork -l WARNING`, run from `example/`. The queue is the run's own (the example gets it "
     "as `EXAMPLE_QUEUE`), so no other worker or concurrent run on the broker shares it. "
     "`bench.worker_app` is the example's Celery app "
-    "(`backend.v1`, `rpc://` results, JSON, `task_track_started`) plus two bench tasks, so "
+    "(`backend.v1`, `rpc://` results, JSON, STARTED tracked only for `report`) plus two "
+    "bench tasks, so "
     "every server runs the example's `list_users` body against the same SQLite file (10 users).",
     "(a) hello world answers the very bytes `list_users` returns as compact JSON, with no "
     "task; it is the bound for one Tornado process on this machine.",

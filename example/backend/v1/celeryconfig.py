@@ -16,7 +16,9 @@ task_serializer: str = "json"
 result_serializer: str = "json"
 accept_content: list[str] = ["json"]
 result_accept_content: list[str] = ["json"]
-# STARTED (and the report task's PROGRESS) reach waiting requests as intermediate states.
-task_track_started: bool = True
+# No STARTED message for the quick CRUD tasks: it would cost the worker a publish and the
+# web process a decode per request, for a state nobody sees. The long ``report`` task turns
+# it on for itself (``track_started=True``), next to its PROGRESS states.
+task_track_started: bool = False
 # Keep retrying while RabbitMQ starts up instead of giving up (and silence the 5.x warning).
 broker_connection_retry_on_startup: bool = True

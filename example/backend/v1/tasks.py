@@ -167,7 +167,7 @@ def delete_user(user_id: int | str) -> dict[str, int]:
     return {"deleted": uid}
 
 
-@app.task(bind=True, name=f"{_NAME_PREFIX}.report", throws=CLIENT_ERRORS)
+@app.task(bind=True, name=f"{_NAME_PREFIX}.report", throws=CLIENT_ERRORS, track_started=True)
 def report(self: Task, steps: int | str = 5, delay: float | str = 0.5) -> dict[str, Any]:
     """A slow job: ``steps`` steps of ``delay`` seconds, publishing a PROGRESS state
     (``{"current": i, "total": steps}``) after each, then a summary.
