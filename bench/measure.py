@@ -82,7 +82,7 @@ def listen_overflows() -> int | None:
     """The kernel's count of connections dropped because a listen queue was full
     (``TcpExt: ListenOverflows``, all sockets of this network namespace).
 
-    At ``-c 500`` against Tornado's default backlog of 128 these drops are what turns a
+    At ``-c 500`` against Tornado's default backlog of 128 (Flower's) these drops are what turns a
     p50 of tens of ms into a p99 above one second (the client's SYN is retried after 1 s).
     """
     try:

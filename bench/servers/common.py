@@ -22,11 +22,11 @@ def parse_args(description: str, argv: Sequence[str] | None = None,
     return parser.parse_args(argv)
 
 
-async def serve(app: tornado.web.Application, port: int, *, backlog: int = 128) -> None:
+async def serve(app: tornado.web.Application, port: int, *, backlog: int = 1024) -> None:
     """Listen on loopback and run until the process is terminated.
 
-    Every server of the benchmark uses Tornado's defaults (backlog 128, no xheaders, no
-    compression) unless a test needs otherwise, so none gets a setting the others lack.
+    Every server of the benchmark listens as the example does (backlog 1024, no xheaders, no
+    compression), so none gets a setting the others lack; only Flower keeps its own defaults.
     """
     server = HTTPServer(app)
     server.listen(port, HOST, backlog=backlog)

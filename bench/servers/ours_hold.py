@@ -3,9 +3,6 @@
 Built only from the library's public API (``tcelery_routes`` on a task *name*, and
 ``setup_nonblocking_producer``), like the example. ``GET /pending`` answers how many results
 the producer is awaiting, so the runner knows when all its requests are really waiting.
-
-The listen backlog is raised to 1024: the client opens thousands of connections in bursts,
-and with Tornado's default of 128 the overflow costs SYN retries (seconds), not memory.
 """
 
 from __future__ import annotations
@@ -40,7 +37,7 @@ async def main(port: int) -> None:
                        accept_content=["json"], result_accept_content=["json"])
     producer = setup_nonblocking_producer(celery, result_timeout=HOLD_TIMEOUT)
     await producer.connect()
-    await serve(make_app(), port, backlog=1024)
+    await serve(make_app(), port)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ async def main(port: int) -> None:
         (r"/pending", PendingHandler, {"state": state}),
         (r"/release", ReleaseHandler, {"state": state}),
     ], compress_response=False)
-    await serve(app, port, backlog=1024)
+    await serve(app, port)
 
 
 if __name__ == "__main__":
