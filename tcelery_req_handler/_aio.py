@@ -1,4 +1,4 @@
-"""Small asyncio helpers for the hot path: a bounded wait that costs one timer, no task."""
+"""Small asyncio helpers for the hot path: bounded waits that cost one timer, no task."""
 
 from __future__ import annotations
 
@@ -41,3 +41,22 @@ async def wait_bounded(future: asyncio.Future[T], timeout: float) -> T:
     if outcome is _TIMED_OUT:
         raise TimeoutError
     return future.result()
+
+
+async def wait_owned(future: asyncio.Future[T], timeout: float) -> T:
+    """Await a future that nobody else awaits, for at most ``timeout`` seconds.
+
+    The timer resolves ``future`` itself with a marker, so the wait costs one timer and
+    nothing else; a confirm or result arriving later finds it done and is dropped. Raises
+    ``TimeoutError`` when time runs out.
+    """
+    if future.done():
+        return future.result()
+    timer = asyncio.get_running_loop().call_later(timeout, _expire, future)
+    try:
+        outcome = await future
+    finally:
+        timer.cancel()
+    if outcome is _TIMED_OUT:
+        raise TimeoutError
+    return outcome

@@ -24,7 +24,7 @@ from celery import Celery
 from kombu.utils.url import parse_url
 from kombu.utils.uuid import uuid
 
-from ._aio import wait_bounded
+from ._aio import wait_bounded, wait_owned
 from .connection import BrokerConnection
 from .errors import BrokerUnavailable, ConfigurationError, Overloaded, TCeleryError
 from .messages import QueueDeclaration, build_message, check_options, queue_declaration
@@ -319,7 +319,7 @@ class Producer:
         else:
             result = TaskResult(message.task_id, tracked=False)
         try:
-            await wait_bounded(conn.publish(message), deadline - loop.time())
+            await wait_owned(conn.publish(message), deadline - loop.time())
         except TimeoutError:
             self.results.discard(message.task_id)
             why = "publishing is blocked by a resource alarm" if conn.blocked else \

@@ -21,7 +21,7 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.serialization import loads, prepare_accept_content, registry
 from kombu.utils import json as kombu_json
 
-from ._aio import wait_bounded
+from ._aio import wait_owned
 from .errors import ResultDecodeError, TaskFailed, TaskRevoked, TaskTimeout, TCeleryError
 
 log = logging.getLogger(__name__)
@@ -95,16 +95,13 @@ class TaskResult:
                                "no result will come back")
         if not self.ready():
             limit = self._default_timeout if timeout is None else timeout
-            waiter = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             if self._waiters is None:
                 self._waiters = []
             self._waiters.append(waiter)
             timed_out = False
             try:
-                if math.isinf(limit):
-                    await waiter
-                else:
-                    await wait_bounded(waiter, limit)
+                await (waiter if math.isinf(limit) else wait_owned(waiter, limit))
             except TimeoutError:
                 timed_out = True
             finally:
