@@ -7,12 +7,14 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_TIMED_OUT: Any = object()
+#: What ``expire`` resolves a waiter with.
+TIMED_OUT: Any = object()
 
 
-def _expire(waiter: asyncio.Future[Any]) -> None:
+def expire(waiter: asyncio.Future[Any]) -> None:
+    """Timer callback: resolve ``waiter`` with ``TIMED_OUT`` unless it is already done."""
     if not waiter.done():
-        waiter.set_result(_TIMED_OUT)
+        waiter.set_result(TIMED_OUT)
 
 
 async def wait_bounded(future: asyncio.Future[T], timeout: float) -> T:
@@ -32,13 +34,13 @@ async def wait_bounded(future: asyncio.Future[T], timeout: float) -> T:
             waiter.set_result(None)
 
     future.add_done_callback(relay)
-    timer = loop.call_later(timeout, _expire, waiter)
+    timer = loop.call_later(timeout, expire, waiter)
     try:
         outcome = await waiter
     finally:
         timer.cancel()
         future.remove_done_callback(relay)
-    if outcome is _TIMED_OUT:
+    if outcome is TIMED_OUT:
         raise TimeoutError
     return future.result()
 
@@ -52,11 +54,11 @@ async def wait_owned(future: asyncio.Future[T], timeout: float) -> T:
     """
     if future.done():
         return future.result()
-    timer = asyncio.get_running_loop().call_later(timeout, _expire, future)
+    timer = asyncio.get_running_loop().call_later(timeout, expire, future)
     try:
         outcome = await future
     finally:
         timer.cancel()
-    if outcome is _TIMED_OUT:
+    if outcome is TIMED_OUT:
         raise TimeoutError
     return outcome
