@@ -56,16 +56,27 @@ class TaskHandler:
         specs: tuple[TaskSpec, ...] = getattr(self.handler, f"{verb}_tasks")
         return specs
 
+    @staticmethod
+    def task_kwargs(spec: TaskSpec, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The spec's fixed kwargs plus the request's; a 400 if the request sets a fixed one."""
+        if not spec.kwargs:
+            return kwargs
+        fixed = [name for name in kwargs if name in spec.kwargs]
+        if fixed:
+            raise RequestError(400, f"argument {fixed[0]!r} is fixed by the route",
+                               argument=fixed[0])
+        return {**spec.kwargs, **kwargs}
+
+    def check(self, specs: Sequence[TaskSpec], kwargs: Mapping[str, Any]) -> None:
+        """Refuse a request that one of several tasks would refuse, before any is sent."""
+        for spec in specs:
+            self.task_kwargs(spec, kwargs)
+
     async def send(self, spec: TaskSpec, args: Sequence[Any], kwargs: Mapping[str, Any],
                    *, reply: bool) -> TaskResult:
         """Publish one task: the spec's partial args first, its fixed kwargs protected."""
         handler = self.handler
-        if spec.kwargs:
-            fixed = [name for name in kwargs if name in spec.kwargs]
-            if fixed:
-                raise RequestError(400, f"argument {fixed[0]!r} is fixed by the route",
-                                   argument=fixed[0])
-            kwargs = {**spec.kwargs, **kwargs}
+        kwargs = self.task_kwargs(spec, kwargs)
         options = {**handler.task_options, **spec.options} if spec.options \
             else handler.task_options
         producer = handler.producer or get_producer()
@@ -78,15 +89,17 @@ class TaskHandler:
         return result
 
     async def many(self, verb: str, *args: Any, **kwargs: Any) -> list[TaskResult]:
-        count = len(self.tasks(verb))
-        if count == 1:
+        specs = self.tasks(verb)
+        if len(specs) == 1:
             return [await self.one(verb, 0, *args, **kwargs)]
-        return await _gather([self.one(verb, i, *args, **kwargs) for i in range(count)])
+        self.check(specs, kwargs)
+        return await _gather([self.one(verb, i, *args, **kwargs) for i in range(len(specs))])
 
     async def fire(self, verb: str, *args: Any, **kwargs: Any) -> list[str]:
         specs = self.tasks(verb)
         if len(specs) == 1:
             return [(await self.send(specs[0], args, kwargs, reply=False)).task_id]
+        self.check(specs, kwargs)
         sent = await _gather([self.send(spec, args, kwargs, reply=False) for spec in specs])
         return [result.task_id for result in sent]
 

@@ -89,6 +89,11 @@ async def server(producer: Producer, tmp_path: Path) -> AsyncIterator[Server]:
         tcelery_routes(r"/expired", get_tasks=[w.add.s(1, 2)], countdown=2, expires=1,
                        **common),
         tcelery_async_routes(r"/fire", post_tasks=[w.touch, w.touch], **common),
+        # The second task fixes ``path``: a request setting it is refused by that one.
+        tcelery_async_routes(r"/fire-fixed", post_tasks=[
+            w.touch, w.touch.s(path=str(tmp_path / "fixed"))], **common),
+        tcelery_routes(r"/wait-fixed", post_tasks=[
+            w.touch, w.touch.s(path=str(tmp_path / "fixed"))], **common),
         [(r"/plain", _PlainHandler)],
     )
     srv = Server(rules)
@@ -210,6 +215,26 @@ async def test_fire_and_forget_is_a_202_with_confirmed_task_ids(server: Server,
     while not target.exists():  # the worker really ran it
         assert time.monotonic() < deadline, "fire-and-forget task never ran"
         await asyncio.sleep(0.05)
+
+
+async def test_a_request_one_task_refuses_sends_none_of_them(server: Server,
+                                                             tmp_path: Path) -> None:
+    refused = tmp_path / "refused"
+    for path in ("/fire-fixed", "/wait-fixed"):
+        response = await server.fetch(path, "POST", json.dumps({"path": str(refused)}),
+                                      {"Content-Type": "application/json"})
+        assert "fixed by the route" in error_of(response, 400)["error"]["message"]
+    # A later task on the same queue has run, and a moment more: the refused ones never came.
+    sentinel = tmp_path / "sentinel"
+    response = await server.fetch("/fire", "POST", json.dumps({"path": str(sentinel)}),
+                                  {"Content-Type": "application/json"})
+    assert response.code == 202
+    deadline = time.monotonic() + 10
+    while not sentinel.exists():
+        assert time.monotonic() < deadline, "the sentinel task never ran"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    assert not refused.exists() and not (tmp_path / "fixed").exists()
 
 
 async def test_verb_without_tasks_is_a_405_with_allow(server: Server) -> None:
