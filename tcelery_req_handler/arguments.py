@@ -3,7 +3,9 @@
 * positional path groups → ``args``; named path groups → ``kwargs``;
 * query and form arguments → ``kwargs``, the last value of each name (as the original did);
 * a JSON object body (``Content-Type: application/json``) → ``kwargs``;
-* the same name from two sources is a 400, never a silent override.
+* the same name from two sources is a 400, never a silent override;
+* JSON nested deeper than ``MAX_JSON_DEPTH``, ``NaN`` / ``Infinity`` and numbers Python
+  refuses to parse are a 400: they would fail later, in the worker or in the response.
 """
 
 from __future__ import annotations
@@ -17,34 +19,67 @@ from tornado import httputil
 from .errors import RequestError
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+#: Deepest JSON body accepted. Far deeper than any real payload; a few hundred levels would
+#: exhaust the recursion limit of the worker's or the response's JSON codec.
+MAX_JSON_DEPTH = 64
 
 
-def _decode(name: str, value: bytes, source: str) -> str:
+def _utf8(value: bytes, what: str, **detail: Any) -> str:
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
-        raise RequestError(400, f"{source} argument {name!r} is not valid UTF-8",
-                           argument=name, source=source) from None
+        raise RequestError(400, f"{what} is not valid UTF-8", **detail) from None
 
 
-def _last_values(arguments: Mapping[str, Sequence[bytes]], source: str) -> dict[str, str]:
-    return {name: _decode(name, values[-1], source)
-            for name, values in arguments.items() if values}
+def _last_values(arguments: Mapping[str, Sequence[bytes]], source: str, *,
+                 latin1_names: bool) -> dict[str, str]:
+    """The last value of each argument, decoded. Tornado decodes URL-encoded argument names
+    as latin-1 (``latin1_names``); they are re-decoded here as the UTF-8 they are."""
+    values: dict[str, str] = {}
+    for name, given in arguments.items():
+        if latin1_names and not name.isascii():
+            name = _utf8(name.encode("latin-1"), f"{source} argument name", source=source)
+        if given:
+            values[name] = _utf8(given[-1], f"{source} argument {name!r}", argument=name,
+                                 source=source)
+    return values
+
+
+def _no_constant(name: str) -> Any:
+    raise RequestError(400, f"JSON body contains {name}, which JSON does not allow")
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """Decode a JSON body that must be an object; 400 with the reason otherwise."""
+    text = _utf8(body, "JSON body")
     try:
-        value = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise RequestError(400, "JSON body is not valid UTF-8") from None
+        value = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise RequestError(400, f"malformed JSON body: {exc.msg} at line {exc.lineno} "
                                 f"column {exc.colno}") from None
     except RecursionError:
-        raise RequestError(400, "JSON body is nested too deeply") from None
+        raise RequestError(400, f"JSON body is nested deeper than {MAX_JSON_DEPTH} levels",
+                           limit=MAX_JSON_DEPTH) from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise RequestError(400, f"JSON body has a value that cannot be read: {exc}") from None
     if not isinstance(value, dict):
         raise RequestError(400, f"JSON body must be an object, not {type(value).__name__}")
+    if _depth_exceeds(value, MAX_JSON_DEPTH):
+        raise RequestError(400, f"JSON body is nested deeper than {MAX_JSON_DEPTH} levels",
+                           limit=MAX_JSON_DEPTH)
     return value
 
 
@@ -53,20 +88,24 @@ def body_arguments(headers: httputil.HTTPHeaders, body: bytes) -> tuple[str, dic
     if not body:
         return "body", {}
     content_type = headers.get("Content-Type", "")
-    media_type = content_type.split(";", 1)[0].strip().lower()
+    media_type, _, parameters = content_type.partition(";")
+    media_type = media_type.strip().lower()
     if media_type == "application/json" or media_type.endswith("+json"):
         return "JSON body", parse_json_object(body)
     if media_type in FORM_TYPES:
         form: dict[str, list[bytes]] = {}
         files: dict[str, list[httputil.HTTPFile]] = {}
         try:
-            httputil.parse_body_arguments(content_type, body, form, files, headers)
+            # tornado matches the media type case-sensitively; media types are not
+            httputil.parse_body_arguments(f"{media_type};{parameters}", body, form, files,
+                                          headers)
         except httputil.HTTPInputError as exc:
             raise RequestError(400, f"malformed form body: {exc}") from None
         if files:
             raise RequestError(400, "file uploads are not supported by task routes",
                                fields=sorted(files))
-        return "form", _last_values(form, "form")
+        return "form", _last_values(form, "form",
+                                    latin1_names=media_type == FORM_TYPES[0])
     raise RequestError(415, f"unsupported Content-Type {content_type!r}: send "
                             "application/json or a form", content_type=content_type)
 
@@ -93,7 +132,7 @@ def request_arguments(
     path_kwargs: Mapping[str, str],
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The default mapping of one request to a task's ``(args, kwargs)``."""
-    query = _last_values(request.query_arguments, "query")
+    query = _last_values(request.query_arguments, "query", latin1_names=True)
     kwargs = merge_sources(("path", path_kwargs), ("query", query),
                            body_arguments(request.headers, body))
     return tuple(path_args), kwargs

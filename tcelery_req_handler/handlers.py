@@ -83,19 +83,19 @@ class TaskHandler:
         return await producer.apply_async(spec.task or spec.name, (*spec.args, *args), kwargs,
                                           reply=reply, **options)
 
-    async def one(self, verb: str, index: int, *args: Any, **kwargs: Any) -> TaskResult:
+    async def one(self, verb: str, index: int, /, *args: Any, **kwargs: Any) -> TaskResult:
         result = await self.send(self.tasks(verb)[index], args, kwargs, reply=True)
         await result.get(timeout=self.handler.timeout, propagate=False)
         return result
 
-    async def many(self, verb: str, *args: Any, **kwargs: Any) -> list[TaskResult]:
+    async def many(self, verb: str, /, *args: Any, **kwargs: Any) -> list[TaskResult]:
         specs = self.tasks(verb)
         if len(specs) == 1:
             return [await self.one(verb, 0, *args, **kwargs)]
         self.check(specs, kwargs)
         return await _gather([self.one(verb, i, *args, **kwargs) for i in range(len(specs))])
 
-    async def fire(self, verb: str, *args: Any, **kwargs: Any) -> list[str]:
+    async def fire(self, verb: str, /, *args: Any, **kwargs: Any) -> list[str]:
         specs = self.tasks(verb)
         if len(specs) == 1:
             return [(await self.send(specs[0], args, kwargs, reply=False)).task_id]
@@ -103,40 +103,40 @@ class TaskHandler:
         sent = await _gather([self.send(spec, args, kwargs, reply=False) for spec in specs])
         return [result.task_id for result in sent]
 
-    async def get_one(self, index: int, *args: Any, **kwargs: Any) -> TaskResult:
+    async def get_one(self, index: int, /, *args: Any, **kwargs: Any) -> TaskResult:
         return await self.one("get", index, *args, **kwargs)
 
-    async def post_one(self, index: int, *args: Any, **kwargs: Any) -> TaskResult:
+    async def post_one(self, index: int, /, *args: Any, **kwargs: Any) -> TaskResult:
         return await self.one("post", index, *args, **kwargs)
 
-    async def put_one(self, index: int, *args: Any, **kwargs: Any) -> TaskResult:
+    async def put_one(self, index: int, /, *args: Any, **kwargs: Any) -> TaskResult:
         return await self.one("put", index, *args, **kwargs)
 
-    async def delete_one(self, index: int, *args: Any, **kwargs: Any) -> TaskResult:
+    async def delete_one(self, index: int, /, *args: Any, **kwargs: Any) -> TaskResult:
         return await self.one("delete", index, *args, **kwargs)
 
-    async def get_many(self, *args: Any, **kwargs: Any) -> list[TaskResult]:
+    async def get_many(self, /, *args: Any, **kwargs: Any) -> list[TaskResult]:
         return await self.many("get", *args, **kwargs)
 
-    async def post_many(self, *args: Any, **kwargs: Any) -> list[TaskResult]:
+    async def post_many(self, /, *args: Any, **kwargs: Any) -> list[TaskResult]:
         return await self.many("post", *args, **kwargs)
 
-    async def put_many(self, *args: Any, **kwargs: Any) -> list[TaskResult]:
+    async def put_many(self, /, *args: Any, **kwargs: Any) -> list[TaskResult]:
         return await self.many("put", *args, **kwargs)
 
-    async def delete_many(self, *args: Any, **kwargs: Any) -> list[TaskResult]:
+    async def delete_many(self, /, *args: Any, **kwargs: Any) -> list[TaskResult]:
         return await self.many("delete", *args, **kwargs)
 
-    async def get_async(self, *args: Any, **kwargs: Any) -> list[str]:
+    async def get_async(self, /, *args: Any, **kwargs: Any) -> list[str]:
         return await self.fire("get", *args, **kwargs)
 
-    async def post_async(self, *args: Any, **kwargs: Any) -> list[str]:
+    async def post_async(self, /, *args: Any, **kwargs: Any) -> list[str]:
         return await self.fire("post", *args, **kwargs)
 
-    async def put_async(self, *args: Any, **kwargs: Any) -> list[str]:
+    async def put_async(self, /, *args: Any, **kwargs: Any) -> list[str]:
         return await self.fire("put", *args, **kwargs)
 
-    async def delete_async(self, *args: Any, **kwargs: Any) -> list[str]:
+    async def delete_async(self, /, *args: Any, **kwargs: Any) -> list[str]:
         return await self.fire("delete", *args, **kwargs)
 
 
@@ -261,7 +261,7 @@ class TCeleryBaseHandler(JSONErrorsMixin):
             self._chunks = [b"".join(self._chunks)]
         return self._chunks[0]
 
-    def task_arguments(self, *path_args: str, **path_kwargs: str
+    def task_arguments(self, /, *path_args: str, **path_kwargs: str
                        ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Map the request to ``(args, kwargs)``; override to change the mapping."""
         return request_arguments(self.request, self.body, path_args, path_kwargs)
@@ -293,16 +293,16 @@ class TCeleryBaseHandler(JSONErrorsMixin):
 
     # Plain methods returning the coroutine: Tornado awaits it, and a waiting request keeps
     # one frame less alive.
-    def get(self, *args: str, **kwargs: str) -> Awaitable[None]:
+    def get(self, /, *args: str, **kwargs: str) -> Awaitable[None]:
         return self._dispatch("get", args, kwargs)
 
-    def post(self, *args: str, **kwargs: str) -> Awaitable[None]:
+    def post(self, /, *args: str, **kwargs: str) -> Awaitable[None]:
         return self._dispatch("post", args, kwargs)
 
-    def put(self, *args: str, **kwargs: str) -> Awaitable[None]:
+    def put(self, /, *args: str, **kwargs: str) -> Awaitable[None]:
         return self._dispatch("put", args, kwargs)
 
-    def delete(self, *args: str, **kwargs: str) -> Awaitable[None]:
+    def delete(self, /, *args: str, **kwargs: str) -> Awaitable[None]:
         return self._dispatch("delete", args, kwargs)
 
 

@@ -135,6 +135,51 @@ async def test_arguments_from_path_query_form_and_json(server: Server) -> None:
     assert got["kwargs"] == {"name": "dee"}
 
 
+async def test_argument_names_are_free_and_read_as_utf8(server: Server) -> None:
+    # Names that are parameters of the handler's own methods reach the task like any other.
+    # (``self`` is refused by Celery's own task call in the worker: a TypeError, a 500.)
+    got = body_of(await server.fetch("/echo/x?verb=2&index=3&spec=4&args=5&kwargs=6"))
+    assert got["kwargs"] == {"name": "x", "verb": "2", "index": "3", "spec": "4", "args": "5",
+                             "kwargs": "6"}
+    got = body_of(await server.fetch("/echo/x?%C3%A9t%C3%A9=1", "POST", "%C3%B8=2",
+                                     {"Content-Type": "application/x-www-form-urlencoded"}))
+    assert got["kwargs"] == {"name": "x", "\u00e9t\u00e9": "1", "\u00f8": "2"}
+    error = error_of(await server.fetch("/echo/x?%FF=1"), 400)["error"]
+    assert error["message"] == "query argument name is not valid UTF-8"
+    # Media types are case-insensitive: a form is a form however its type is spelled.
+    got = body_of(await server.fetch("/echo/x", "POST", "a=1",
+                                     {"Content-Type": "Application/X-WWW-Form-URLencoded"}))
+    assert got["kwargs"] == {"name": "x", "a": "1"}
+
+
+def _nested(depth: int) -> str:
+    return '{"v": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ('{"v": NaN}', "JSON body contains NaN, which JSON does not allow"),
+    ('{"v": -Infinity}', "JSON body contains -Infinity, which JSON does not allow"),
+    ('{"v": ' + "9" * 5000 + "}", "JSON body has a value that cannot be read"),
+    (_nested(65), "JSON body is nested deeper than 64 levels"),
+    (_nested(500), "JSON body is nested deeper than 64 levels"),
+    (_nested(5000), "JSON body is nested deeper than 64 levels"),
+])
+async def test_json_the_worker_or_response_could_not_take_is_a_400(
+        server: Server, body: str, message: str) -> None:
+    response = await server.fetch("/echo/x", "POST", body, {"Content-Type": "application/json"})
+    assert error_of(response, 400)["error"]["message"].startswith(message)
+
+
+async def test_json_nested_up_to_the_limit_is_passed_on(server: Server) -> None:
+    got = body_of(await server.fetch("/echo/x", "POST", _nested(64),
+                                     {"Content-Type": "application/json"}))
+    value = got["kwargs"]["v"]
+    depth = 1
+    while value:
+        value, depth = value[0], depth + 1
+    assert depth == 63  # the object itself is level 1, then 63 nested lists
+
+
 async def test_the_same_name_from_two_sources_is_a_400(server: Server) -> None:
     response = await server.fetch("/echo/ann?name=other")
     assert "'name'" in error_of(response, 400)["error"]["message"]
