@@ -4,6 +4,7 @@
 * query and form arguments → ``kwargs``, the last value of each name (as the original did);
 * a JSON object body (``Content-Type: application/json``) → ``kwargs``;
 * the same name from two sources is a 400, never a silent override;
+* ``self`` is a 400: Celery calls every task as ``task(self, *args, **kwargs)``;
 * JSON nested deeper than ``MAX_JSON_DEPTH``, ``NaN`` / ``Infinity`` and numbers Python
   refuses to parse are a 400: they would fail later, in the worker or in the response.
 """
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,6 +51,13 @@ def _no_constant(name: str) -> Any:
     raise RequestError(400, f"JSON body contains {name}, which JSON does not allow")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: a float overflow, echoed back it is not JSON
+        raise RequestError(400, f"JSON body has a number out of range: {text[:40]}")
+    return value
+
+
 def _depth_exceeds(value: Any, limit: int) -> bool:
     stack = [(value, 1)]
     while stack:
@@ -66,7 +75,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     """Decode a JSON body that must be an object; 400 with the reason otherwise."""
     text = _utf8(body, "JSON body")
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except json.JSONDecodeError as exc:
         raise RequestError(400, f"malformed JSON body: {exc.msg} at line {exc.lineno} "
                                 f"column {exc.colno}") from None
@@ -135,4 +144,7 @@ def request_arguments(
     query = _last_values(request.query_arguments, "query", latin1_names=True)
     kwargs = merge_sources(("path", path_kwargs), ("query", query),
                            body_arguments(request.headers, body))
+    if "self" in kwargs:
+        raise RequestError(400, "argument 'self' cannot be passed to a Celery task",
+                           argument="self")
     return tuple(path_args), kwargs

@@ -45,23 +45,21 @@ Design, and why:
   :data:`RSS_GROWTH_BOUND`; the reasoning is next to the constant. The server log must not
   hold a traceback, and the worker must still be alive.
 
-The fuzzer found eight bugs (reported on issue 5, with reproductions). Six are fixed, and
-their inputs are drawn: argument names ``verb`` / ``index`` → 500 (they collided with
-``TaskHandler``'s parameters); non-ASCII query and form names passed on as latin-1
-mojibake; form types in other letter cases dropped silently; NaN / Infinity accepted and
-echoed as invalid JSON; integers of over 4300 digits → 500; JSON nested a few hundred levels
-killing the prefork worker (the message is redelivered to the next one: a poison message).
-Two are open, and their inputs are not drawn until they are fixed: a JSON number that
-overflows a float (``{"a": 1e400}``) becomes ``inf`` and is echoed as ``Infinity``, which is
-not JSON; an argument named ``self`` reaches the task, which Celery's worker cannot call
-with it (``__protected_call__() got multiple values for argument 'self'``): a 500 from a
-task that did not raise.
+The fuzzer found eight bugs, all fixed, and their inputs are drawn: argument names ``verb``
+/ ``index`` → 500 (they collided with ``TaskHandler``'s parameters); non-ASCII query and form
+names passed on as latin-1 mojibake; form types in other letter cases dropped silently;
+NaN / Infinity accepted and echoed as invalid JSON; a float overflow (``1e400``) echoed as
+``Infinity``; integers of over 4300 digits → 500; JSON nested a few hundred levels killing
+the prefork worker (the message is redelivered to the next one: a poison message); an
+argument named ``self``, which Celery's worker cannot pass to a task (a 500 from a task that
+never ran; now a 400).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import select
 import subprocess
@@ -106,7 +104,7 @@ MAY_CLOSE = frozenset({400, 404, 405, 413})  # answers tornado may give before t
 KINDS = frozenset({  # the oracle's categories of answers
     "200", "202", "404", "405-unknown-verb", "405-unmapped", "413-length", "413-chunked",
     "400-path-utf8", "400-query-utf8", "400-form-utf8", "400-json-utf8", "400-json-deep",
-    "400-json-constant", "400-json-number",
+    "400-json-constant", "400-json-overflow", "400-json-number", "400-self",
     "400-json-malformed", "400-json-not-object", "400-form-malformed", "400-file-upload",
     "400-conflict", "400-fixed", "415", "500-ValueError", "500-TypeError", "400-invalid-body"})
 
@@ -174,9 +172,9 @@ class Req:
 TCHAR = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 ASCII_NAME = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-. ~+*%&=/"
 PATH_JUNK = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "/?")
+UNDELIVERABLE = "self"  # Celery cannot pass a kwarg named so to a task: a 400
 NAME_POOL = ("a", "b", "x", "name", "message", "fixed", "first", "args", "kwargs", "task_id",
-             "A", "", "a b", "é", "verb", "index", "args[]", "a.b")
-UNDELIVERABLE = "self"  # a task cannot take a kwarg named so: see the module docstring
+             "A", "", "a b", "é", "verb", "index", "args[]", "a.b", UNDELIVERABLE)
 DENIED_HEADERS = frozenset({
     "host", "content-length", "transfer-encoding", "content-type", "connection", "expect",
     "content-encoding", "te", "trailer", "upgrade", "keep-alive", "proxy-connection"})
@@ -269,8 +267,8 @@ url_name = weighted(  # bytes: percent-encoded, they need not be UTF-8
     (3, st.text(ASCII_NAME, max_size=8).map(str.encode)),
     (1, st.text(min_size=1, max_size=6).map(str.encode)),
     (1, st.binary(min_size=1, max_size=4)),
-).filter(lambda n: n != UNDELIVERABLE.encode())
-utf8_name = st.one_of(st.sampled_from(NAME_POOL), text).filter(lambda n: n != UNDELIVERABLE)
+)
+utf8_name = st.one_of(st.sampled_from(NAME_POOL), text)
 url_value = weighted(
     (6, text.map(lambda s: s.encode())),
     (1, st.binary(max_size=12)),  # often not UTF-8
@@ -372,7 +370,8 @@ def nested_json(draw: st.DrawFn) -> tuple[bytes, str | None, Multipart | None, i
 def unreadable_json(draw: st.DrawFn) -> bytes:
     """JSON that Python's parser reads but JSON does not allow, or Python cannot convert."""
     if draw(st.booleans()):
-        value = draw(st.sampled_from([b"NaN", b"Infinity", b"-Infinity", b"[1, NaN]"]))
+        value = draw(st.sampled_from([b"NaN", b"Infinity", b"-Infinity", b"[1, NaN]",
+                                      b"1e400", b"-2.5E+999", b"[0.5, 1e309]"]))
     else:
         value = b"1" * draw(st.integers(4_301, 6_000))
     return value if draw(chance(5)) else b'{"a": ' + value + b"}"
@@ -393,7 +392,7 @@ def multipart(draw: st.DrawFn) -> tuple[bytes, str | None, Multipart | None, int
     parts = tuple(draw(st.lists(st.tuples(
         st.one_of(st.sampled_from(["a", "b", "name", "message", "é", "x y"]),
                   st.text("abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=8)
-                  ).filter(lambda n: n != UNDELIVERABLE),
+                  ),
         weighted((3, text.map(lambda s: s.encode())), (1, st.binary(max_size=12))),
         weighted((6, st.none()), (1, st.sampled_from(["", "f.txt"])))), max_size=5)))
     assert all(boundary.encode() not in value for _, value, _ in parts)  # (too short)
@@ -563,6 +562,16 @@ class _Constant(Exception):
     pass
 
 
+class _Overflow(Exception):
+    pass
+
+
+def _finite(text: str) -> float:
+    if not math.isfinite(value := float(text)):
+        raise _Overflow(text)
+    return value
+
+
 def _constant(name: str) -> Any:
     raise _Constant(name)
 
@@ -592,11 +601,14 @@ def body_arguments(req: Req) -> tuple[str, dict[str, Any]]:
             raise bad_request("400-json-deep", f"nested deeper than {MAX_JSON_DEPTH} levels",
                               limit=MAX_JSON_DEPTH)
         try:
-            value = json.loads(req.body.decode("utf-8"), parse_constant=_constant)
+            value = json.loads(req.body.decode("utf-8"), parse_constant=_constant,
+                               parse_float=_finite)
         except UnicodeDecodeError:
             raise bad_request("400-json-utf8", "JSON body is not valid UTF-8") from None
         except _Constant:
             raise bad_request("400-json-constant", "which JSON does not allow") from None
+        except _Overflow:
+            raise bad_request("400-json-overflow", "a number out of range") from None
         except json.JSONDecodeError:
             raise bad_request("400-json-malformed", "malformed JSON body") from None
         except ValueError:  # an integer of more digits than Python converts
@@ -674,6 +686,9 @@ def _expect(req: Req) -> Expected:
                                   sources=[origin[name], src])
             kwargs[name] = value
             origin[name] = src
+    if UNDELIVERABLE in kwargs:
+        raise bad_request("400-self", "cannot be passed to a Celery task",
+                          argument=UNDELIVERABLE)
     for task in route.tasks:
         for name in kwargs:
             if name in task.fixed:
@@ -896,6 +911,8 @@ EVERY_REFUSAL = [
         depth=100_001),
     Req("POST", "/echo", b'{"a": ' + b"[" * 700 + b"]" * 700 + b"}", J, depth=701),
     Req("POST", "/echo", b'{"a": [NaN]}', J),
+    Req("POST", "/echo", b'{"a": [0.5, 1e400]}', J),
+    Req("GET", "/echo?self=1"),
     Req("POST", "/echo", b'{"a": ' + b"7" * 4301 + b"}", J),
     Req("GET", "/echo?%FF%FE=1"),
     Req("POST", "/echo", b"a=1&b=%FF", FORM_TYPES[0]),
