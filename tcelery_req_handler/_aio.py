@@ -7,14 +7,12 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-#: What ``expire`` resolves a waiter with.
-TIMED_OUT: Any = object()
+_TIMED_OUT: Any = object()
 
 
-def expire(waiter: asyncio.Future[Any]) -> None:
-    """Timer callback: resolve ``waiter`` with ``TIMED_OUT`` unless it is already done."""
+def _expire(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
-        waiter.set_result(TIMED_OUT)
+        waiter.set_result(_TIMED_OUT)
 
 
 async def wait_bounded(future: asyncio.Future[T], timeout: float) -> T:
@@ -34,13 +32,13 @@ async def wait_bounded(future: asyncio.Future[T], timeout: float) -> T:
             waiter.set_result(None)
 
     future.add_done_callback(relay)
-    timer = loop.call_later(timeout, expire, waiter)
+    timer = loop.call_later(timeout, _expire, waiter)
     try:
         outcome = await waiter
     finally:
         timer.cancel()
         future.remove_done_callback(relay)
-    if outcome is TIMED_OUT:
+    if outcome is _TIMED_OUT:
         raise TimeoutError
     return future.result()
 
@@ -54,11 +52,11 @@ async def wait_owned(future: asyncio.Future[T], timeout: float) -> T:
     """
     if future.done():
         return future.result()
-    timer = asyncio.get_running_loop().call_later(timeout, expire, future)
+    timer = asyncio.get_running_loop().call_later(timeout, _expire, future)
     try:
         outcome = await future
     finally:
         timer.cancel()
-    if outcome is TIMED_OUT:
+    if outcome is _TIMED_OUT:
         raise TimeoutError
     return outcome

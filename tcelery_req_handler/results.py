@@ -21,7 +21,7 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.serialization import loads, prepare_accept_content, registry
 from kombu.utils import json as kombu_json
 
-from ._aio import TIMED_OUT, expire
+from ._aio import wait_owned
 from .errors import ResultDecodeError, TaskFailed, TaskRevoked, TaskTimeout, TCeleryError
 
 log = logging.getLogger(__name__)
@@ -95,22 +95,19 @@ class TaskResult:
                                "no result will come back")
         if not self.ready():
             limit = self._default_timeout if timeout is None else timeout
-            loop = asyncio.get_running_loop()
-            waiter: asyncio.Future[Any] = loop.create_future()
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             if self._waiters is None:
                 self._waiters = []
             self._waiters.append(waiter)
-            # The timer resolves the waiter itself: no extra future, callback or frame per
-            # waiting request. A reply arriving after that finds the waiter done.
-            timer = None if math.isinf(limit) else loop.call_later(limit, expire, waiter)
+            timed_out = False
             try:
-                outcome = await waiter
+                await (waiter if math.isinf(limit) else wait_owned(waiter, limit))
+            except TimeoutError:
+                timed_out = True
             finally:
-                if timer is not None:
-                    timer.cancel()
                 if self._waiters is not None and waiter in self._waiters:
                     self._waiters.remove(waiter)
-            if outcome is TIMED_OUT:
+            if timed_out:  # raised outside the except block: no context chain to keep alive
                 raise TaskTimeout(self.task_id, limit, self.state)
         return self._outcome(propagate)
 
