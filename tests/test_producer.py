@@ -182,6 +182,27 @@ async def test_pickle_reply_is_refused(producer: Producer, tmp_path: Path) -> No
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("body", [
+    b'{"status": "SUCCESS", "result": ',  # malformed
+    b'{"status": "SUCCESS", "result": "\xff"}',  # not UTF-8
+    b'{"status": "SUCCESS", "result": {"__type__": "nope", "__value__": 1}}',  # kombu tag
+], ids=["malformed", "not-utf8", "unknown-kombu-type"])
+async def test_undecodable_json_reply_fails_its_waiter(producer: Producer, body: bytes) -> None:
+    result = await producer.apply_async(worker_app.sleep, (1,))
+    connection = blocking_connection()
+    connection.channel().basic_publish(
+        "", producer.reply_queue.name, body,
+        pika.BasicProperties(correlation_id=result.task_id, content_type="application/json",
+                             content_encoding="utf-8"))
+    connection.close()
+    with pytest.raises(ResultDecodeError) as info:
+        await result.get(timeout=5)
+    assert info.value.task_id == result.task_id
+    assert producer.pending == 0  # its waiter is gone from the registry
+    # The consumer survived the bad reply: the next task's result still arrives.
+    assert await (await producer.apply_async(worker_app.add, (2, 3))).get(timeout=10) == 5
+
+
 async def test_unknown_option_raises_type_error_before_any_io(producer: Producer) -> None:
     with pytest.raises(TypeError, match="bogus"):
         await producer.apply_async(worker_app.add, (1, 2), bogus=True)
