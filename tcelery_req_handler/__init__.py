@@ -16,8 +16,11 @@ from .errors import (
     TaskRevoked,
     TaskTimeout,
     TCeleryError,
+    UnknownTask,
 )
-from .handlers import (
+from .producer import Producer, get_producer, setup_nonblocking_producer
+from .results import TaskResult
+from .web.handlers import (
     TaskHandler,
     TaskSpec,
     TCeleryAsyncHandler,
@@ -25,9 +28,7 @@ from .handlers import (
     TCeleryNotFoundHandler,
     TCeleryReqHandler,
 )
-from .producer import Producer, get_producer, setup_nonblocking_producer
-from .results import TaskResult
-from .routes import routes, tcelery_async_routes, tcelery_routes
+from .web.routes import routes, tcelery_async_routes, tcelery_routes, tcelery_status_routes
 
 __all__ = [
     "BrokerError",
@@ -50,9 +51,11 @@ __all__ = [
     "TaskRevoked",
     "TaskSpec",
     "TaskTimeout",
+    "UnknownTask",
     "get_producer",
     "routes",
     "setup_nonblocking_producer",
     "tcelery_async_routes",
     "tcelery_routes",
+    "tcelery_status_routes",
 ]

@@ -12,6 +12,7 @@
     │   │   └── Overloaded        too many results awaited at once (``max_pending``): shed load
     │   └── PublishError          the broker refused the message (nack, unroutable, channel closed)
     ├── ResultDecodeError         a reply came in a content type the app does not accept
+    ├── UnknownTask               no state is known for that id (rpc:// knows only its own)
     ├── ConfigurationError        a bad broker URL, option or route, found before any I/O
     └── RequestError              an HTTP request that cannot be mapped to task arguments
 
@@ -137,3 +138,12 @@ class Overloaded(BrokerUnavailable):
     def __init__(self, message: str, *, retry_after: float = 1.0, limit: int = 0) -> None:
         super().__init__(message, retry_after=retry_after)
         self.limit = limit
+
+
+class UnknownTask(TCeleryError, LookupError):
+    """No state is known for ``task_id``: with ``rpc://`` only the tasks this process sent
+    (and recorded) can be looked up; persistent backends read an unknown id as PENDING."""
+
+    def __init__(self, task_id: str, why: str) -> None:
+        super().__init__(f"no task {task_id} is known here: {why}")
+        self.task_id = task_id

@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from celery import Celery
 from celery.app.routes import MapRoute
@@ -101,6 +101,9 @@ def queue_declaration(queue: Queue) -> QueueDeclaration:
 class TaskMessage:
     """A serialized protocol-2 task message and where it goes."""
 
+    #: Unroutable task messages come back as errors: a task must never vanish silently.
+    mandatory: ClassVar[bool] = True
+
     task_id: str
     name: str
     exchange: str
@@ -109,6 +112,59 @@ class TaskMessage:
     properties: dict[str, Any]
     headers: dict[str, Any]
     declare: Queue | None
+
+    @property
+    def what(self) -> str:
+        return f"task {self.task_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ControlMessage:
+    """A broadcast on Celery's control exchange, exactly as kombu's ``Mailbox`` sends it
+    (``celery control revoke`` and friends). Workers that are not running miss it."""
+
+    #: A fanout with no worker bound is not an error: there is nobody to tell.
+    mandatory: ClassVar[bool] = False
+
+    task_id: str
+    method: str
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: dict[str, Any]
+    headers: dict[str, Any]
+    declaration: QueueDeclaration
+
+    @property
+    def what(self) -> str:
+        return f"{self.method} of task {self.task_id}"
+
+
+def build_revoke(app: Celery, task_ids: Sequence[str], *, terminate: bool = False,
+                 signal: str = "SIGTERM") -> ControlMessage:
+    """The ``revoke`` broadcast ``app.control.revoke(task_ids, terminate, signal)`` sends."""
+    mailbox = app.control.mailbox
+    exchange = mailbox.exchange
+    ids = list(task_ids)
+    message = {"method": "revoke",
+               "arguments": {"task_id": ids[0] if len(ids) == 1 else ids,
+                             "terminate": terminate, "signal": signal},
+               "destination": None, "pattern": None, "matcher": None}
+    content_type, content_encoding, payload = dumps(message, serializer=mailbox.serializer)
+    body = payload.encode(content_encoding) if isinstance(payload, str) else payload
+    return ControlMessage(
+        task_id=", ".join(ids), method="revoke", exchange=exchange.name, routing_key="",
+        body=body,
+        properties={"content_type": content_type, "content_encoding": content_encoding,
+                    "delivery_mode": _DELIVERY_MODES.get(exchange.delivery_mode,
+                                                         exchange.delivery_mode) or 1},
+        headers={"clock": mailbox.clock.forward(), "expires": 0},
+        declaration=QueueDeclaration(
+            name="", durable=bool(exchange.durable), exclusive=False, auto_delete=False,
+            arguments={}, bindings=(),
+            exchanges=((exchange.name, exchange.type, bool(exchange.durable),
+                        bool(exchange.auto_delete), dict(exchange.arguments or {})),)),
+    )
 
 
 _ROUTING_OPTIONS = frozenset({"queue", "exchange", "routing_key", "exchange_type", "priority"})

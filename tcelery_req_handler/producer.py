@@ -1,91 +1,54 @@
-"""The nonblocking Celery producer: connection lifecycle, confirmed publishing, the default.
+"""The nonblocking Celery producer: what to publish, and where its results come from.
 
-One ``Producer`` per process is the norm (``setup_nonblocking_producer`` installs it). It keeps
-one AMQP connection, reconnects with backoff when it drops, and restores its reply consumer on
-the same named reply queue, so results in flight survive a short drop.
+One ``Producer`` per process is the norm (``setup_nonblocking_producer`` installs it). It
+builds every message with Celery (:mod:`~tcelery_req_handler.messages`), hands it to a
+transport (:mod:`~tcelery_req_handler.transports`: how it reaches the broker, with confirms)
+and follows its states through a result source (:mod:`~tcelery_req_handler.backends`: the
+app's ``result_backend``, pushed or polled). It picks both from the app's configuration.
 
-While the broker is unreachable it never hangs: a publish fails fast with ``BrokerUnavailable``
-(or, before the first connection, within ``connect_timeout``).
+Every call is bounded in time, and a broker or result backend that is down fails fast with
+``BrokerUnavailable``, never a hang.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import random
-import socket
-import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pika
 from celery import Celery
-from kombu.utils.url import parse_url
-from kombu.utils.uuid import uuid
 
-from ._aio import wait_bounded, wait_owned
-from .connection import BrokerConnection
-from .errors import BrokerUnavailable, ConfigurationError, Overloaded, TCeleryError
-from .messages import QueueDeclaration, build_message, check_options, queue_declaration
+from .backends import ResultSource, backend_scheme, open_result_source
+from .errors import BrokerUnavailable, ConfigurationError, Overloaded
+from .messages import QueueDeclaration, build_message, build_revoke, check_options
 from .results import ResultRegistry, TaskResult
+from .transports import Transport, transport_kind
+from .transports.amqp import AmqpTransport, connection_parameters
 
 log = logging.getLogger(__name__)
 
-_AMQP_SCHEMES = {"amqp": False, "pyamqp": False, "amqps": True, "pyamqps": True}
-
-
-def connection_parameters(broker_url: str, *, heartbeat: float,
-                          connect_timeout: float) -> pika.ConnectionParameters:
-    """Turn a Celery broker URL (``amqp://``, ``pyamqp://``, ``amqps://``) into pika parameters."""
-    url = broker_url.split(";")[0].strip()
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme not in _AMQP_SCHEMES:
-        raise ConfigurationError(
-            f"broker URL scheme {scheme or url!r} is not supported: tcelery_req_handler "
-            "publishes over AMQP, use amqp://, pyamqp:// or amqps://")
-    parts = parse_url(url)
-    use_ssl = _AMQP_SCHEMES[scheme]
-    host = parts.get("hostname") or "localhost"
-    ssl_options = None
-    if use_ssl:
-        ssl_options = pika.SSLOptions(ssl.create_default_context(), server_hostname=host)
-    return pika.ConnectionParameters(
-        host=host,
-        port=int(parts.get("port") or (5671 if use_ssl else 5672)),
-        virtual_host=parts.get("virtual_host") or "/",
-        credentials=pika.PlainCredentials(parts.get("userid") or "guest",
-                                          parts.get("password") or "guest"),
-        heartbeat=int(heartbeat),
-        connection_attempts=1,
-        socket_timeout=connect_timeout,
-        stack_timeout=connect_timeout,
-        ssl_options=ssl_options,
-        client_properties={"connection_name": f"tcelery-req-handler {socket.gethostname()}"
-                                              f":{os.getpid()}"},
-    )
-
 
 class Producer:
-    """Publishes Celery tasks over one nonblocking AMQP connection and awaits their results.
+    """Publishes Celery tasks without blocking and follows their results.
 
     Options (all keyword-only, all optional):
 
     * ``broker_url``: overrides ``app.conf.broker_url``;
     * ``heartbeat``: AMQP heartbeat in seconds (default ``app.conf.broker_heartbeat`` or 60);
-    * ``connect_timeout``: bound on opening a connection (default 5 s);
+    * ``connect_timeout``: bound on opening a connection, to the broker or the result
+      backend (default 5 s);
     * ``publish_timeout``: bound on waiting for the broker's confirm or for a resource alarm
       to clear (default 5 s);
     * ``result_timeout``: default bound of ``TaskResult.get`` (default 30 s);
     * ``reconnect_max_delay``: cap of the reconnect backoff (default 2 s);
-    * ``reply_queue_expires``: seconds an unused reply queue outlives us (default 300 s);
+    * ``reply_queue_expires``: seconds an unused ``rpc://`` reply queue outlives us (300 s);
     * ``reply_prefetch``: unacked replies the broker may push at once (default 1000);
     * ``max_pending``: bound on results awaited at once (default 10 000); past it a waiting
-      send raises :class:`~tcelery_req_handler.errors.Overloaded` at once, unpublished.
-
-    Every call is bounded in time: a send waits at most ``connect_timeout`` for a first
-    connection, then at most ``publish_timeout`` in all for a resource alarm to clear, its
-    queue to be declared and its confirm; ``close()`` at most ``close_timeout``.
+      send raises :class:`~tcelery_req_handler.errors.Overloaded` at once, unpublished;
+    * ``close_timeout``: bound on ``close()`` (default 5 s);
+    * ``result_poll_interval``: longest pause between two reads of a polled backend (0.5 s);
+    * ``status_ttl``, ``status_max``: how long (3600 s) and how many (100 000) task states
+      an ``rpc://`` producer keeps for the status routes.
     """
 
     def __init__(
@@ -102,6 +65,9 @@ class Producer:
         reply_prefetch: int = 1000,
         max_pending: int = 10_000,
         close_timeout: float = 5.0,
+        result_poll_interval: float = 0.5,
+        status_ttl: float = 3600.0,
+        status_max: int = 100_000,
     ) -> None:
         if celery_app is None:
             from celery import current_app
@@ -109,56 +75,74 @@ class Producer:
         self.app: Celery = celery_app
         conf = celery_app.conf
         self.broker_url: str = broker_url or conf.broker_url or "amqp://guest:guest@localhost//"
-        self.connect_timeout = connect_timeout
         self.publish_timeout = publish_timeout
         self.result_timeout = result_timeout
-        self.reconnect_max_delay = reconnect_max_delay
-        self.reply_prefetch = reply_prefetch
         if max_pending < 1:
             raise ConfigurationError(f"max_pending must be at least 1, not {max_pending!r}")
         self.max_pending = max_pending
-        self.close_timeout = close_timeout
-        self.parameters = connection_parameters(
-            self.broker_url, heartbeat=heartbeat or conf.broker_heartbeat or 60,
-            connect_timeout=connect_timeout)
-        backend = str(conf.result_backend or "")
-        self.result_backend = backend.split("://", 1)[0] if backend else "disabled"
-        accept = conf.result_accept_content or conf.accept_content
-        self.results = ResultRegistry(accept, result_timeout)
-        self.reply_queue = QueueDeclaration(
-            name=f"tcelery.reply.{socket.gethostname()}.{os.getpid()}.{uuid()[:8]}",
-            durable=True, exclusive=False, auto_delete=False,
-            arguments={"x-expires": int(reply_queue_expires * 1000)},
-            exchanges=(), bindings=(),
-        )
-        self._declarations: dict[str, QueueDeclaration] = {}
-        self._conn: BrokerConnection | None = None
-        self._first: asyncio.Future[BrokerConnection] | None = None
-        self._supervisor: asyncio.Task[None] | None = None
-        self._outage: BaseException | None = None
+        transport_kind(self.broker_url)  # a ConfigurationError naming an unknown scheme
+        self.transport: Transport = AmqpTransport(
+            connection_parameters(self.broker_url,
+                                  heartbeat=heartbeat or conf.broker_heartbeat or 60,
+                                  connect_timeout=connect_timeout),
+            connect_timeout=connect_timeout, reconnect_max_delay=reconnect_max_delay,
+            prefetch=reply_prefetch, close_timeout=close_timeout)
+        self.results = ResultRegistry(result_timeout)
+        self.source: ResultSource | None = open_result_source(
+            celery_app, self.results, self.transport, connect_timeout=connect_timeout,
+            reconnect_max_delay=reconnect_max_delay, reply_queue_expires=reply_queue_expires,
+            result_poll_interval=result_poll_interval, status_ttl=status_ttl,
+            status_max=status_max)
+        self.result_backend = backend_scheme(celery_app) or "disabled"
         self._closed = False
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed" if self._closed else "disconnected"
-        return f"<Producer {self.parameters.host}:{self.parameters.port} {state}>"
+        return f"<Producer {self.transport!r} results={self.result_backend} {state}>"
 
     @property
     def connected(self) -> bool:
-        return self._conn is not None and self._conn.is_open
+        """True while the broker connection is open."""
+        return self.transport.connected
 
     @property
     def pending(self) -> int:
         """How many results are still awaited (live waiters in the registry)."""
         return len(self.results)
 
+    @property
+    def parameters(self) -> Any:
+        """The AMQP connection parameters (host, port, vhost)."""
+        return getattr(self.transport, "parameters", None)
+
+    @property
+    def reply_queue(self) -> QueueDeclaration | None:
+        """The ``rpc://`` reply queue, or None with another result backend."""
+        return getattr(self.source, "reply_queue", None)
+
+    @property
+    def persistent_results(self) -> bool:
+        """True when any process can look up any task (a persistent result backend)."""
+        return self.source is not None and self.source.persistent
+
+    def require_results(self, what: str) -> ResultSource:
+        """The result source, or ConfigurationError saying that ``what`` needs one."""
+        if self.source is None:
+            raise ConfigurationError(
+                f"{what} needs a result backend, and app {self.app.main!r} has none: set "
+                "result_backend (rpc://, redis://, db+..., ...), or send with reply=False")
+        return self.source
+
     # -- lifecycle ------------------------------------------------------------------------
     async def connect(self) -> None:
-        """Open the connection now (otherwise the first publish does). BrokerUnavailable
-        if the broker cannot be reached within ``connect_timeout``."""
-        await self._connection()
+        """Open the broker connection (and the result backend's) now, instead of at first
+        use. BrokerUnavailable if either cannot be reached within ``connect_timeout``."""
+        await self.transport.connect()
+        if self.source is not None:
+            await self.source.start()
 
     async def close(self) -> None:
-        """Close the connection; pending waiters fail with BrokerUnavailable. Idempotent.
+        """Close the connections; pending waiters fail with BrokerUnavailable. Idempotent.
 
         Bounded by ``close_timeout`` even when the broker does not answer. Leaves nothing
         behind: no task, timer or socket in the loop, no consumer and no reply queue on the
@@ -167,19 +151,10 @@ class Producer:
         if self._closed:
             return
         self._closed = True
-        closed = BrokerUnavailable("producer closed")
-        first, self._first = self._first, None
-        if first is not None and not first.done():
-            first.set_exception(closed)
-            first.exception()
-        supervisor, self._supervisor = self._supervisor, None
-        if supervisor is not None:
-            supervisor.cancel()
-            await asyncio.gather(supervisor, return_exceptions=True)
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.close(self.close_timeout, delete_queue=self.reply_queue.name)
-        self.results.abort_all(closed)
+        await self.transport.close()
+        if self.source is not None:
+            await self.source.close()
+        self.results.abort_all(BrokerUnavailable("producer closed"))
         if _default is self:
             _set_default(None)
 
@@ -190,154 +165,98 @@ class Producer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def _connection(self) -> BrokerConnection:
-        conn = self._conn
-        if conn is not None and conn.is_open:
-            return conn
-        if self._closed:
-            raise BrokerUnavailable("producer is closed")
-        if self._outage is not None:
-            raise BrokerUnavailable(f"broker unavailable, reconnecting: {self._outage}",
-                                    retry_after=self.reconnect_max_delay)
-        if self._supervisor is None or self._first is None:
-            self._first = asyncio.get_running_loop().create_future()
-            self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
-        elif self._first.done():  # connected once, now between connections
-            raise BrokerUnavailable("broker connection is being re-established",
-                                    retry_after=self.reconnect_max_delay)
-        try:
-            return await wait_bounded(self._first, self.connect_timeout + 0.5)
-        except TimeoutError:
-            raise BrokerUnavailable("timed out connecting to the broker") from None
-
-    async def _supervise(self) -> None:
-        """Keep one connection open: connect, restore the reply consumer, wait for the
-        connection to die, back off, reconnect. Runs until ``close()`` cancels it."""
-        attempt = 0
-        while not self._closed:
-            conn: BrokerConnection | None = None
-            try:
-                conn = await BrokerConnection.open(
-                    self.parameters, timeout=self.connect_timeout,
-                    prefetch=self.reply_prefetch, on_lost=self._on_lost)
-                await asyncio.wait_for(conn.consume(self.reply_queue, self.results.on_reply),
-                                       self.connect_timeout)
-            except asyncio.CancelledError:
-                if conn is not None:
-                    await asyncio.shield(conn.close(1.0))
-                raise
-            except Exception as exc:
-                if conn is not None:  # connected, but the reply consumer failed: start over
-                    await conn.close(1.0)
-                error = exc if isinstance(exc, TCeleryError) else BrokerUnavailable(
-                    f"cannot set up the broker connection: {exc!r}")
-                if attempt == 0:
-                    log.warning("cannot connect to the broker at %s:%s: %s",
-                                self.parameters.host, self.parameters.port, error)
-                self._outage = error
-                if self._first is not None and not self._first.done():
-                    self._first.set_exception(error)
-                    self._first.exception()
-                attempt += 1
-                delay = min(self.reconnect_max_delay, 0.05 * 2 ** min(attempt, 10))
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
-                continue
-            if attempt:
-                log.info("reconnected to the broker after %d attempt(s)", attempt)
-            attempt = 0
-            self._conn, self._outage = conn, None
-            if self._first is not None and not self._first.done():
-                self._first.set_result(conn)
-            await asyncio.shield(conn.closed)
-            self._conn = None
-
-    def _on_lost(self, reason: BaseException) -> None:
-        if not self._closed:
-            log.warning("connection to the broker lost (%r); reconnecting", reason)
-            self._outage = BrokerUnavailable(f"connection lost: {reason!r}")
-
     # -- publishing -----------------------------------------------------------------------
     async def apply_async(self, task: Any, args: Sequence[Any] | None = (),
                           kwargs: Mapping[str, Any] | None = None, *, reply: bool = True,
-                          **options: Any) -> TaskResult:
+                          record: bool = False, **options: Any) -> TaskResult:
         """Send a Celery task (object or registered name) like ``Task.apply_async``.
 
-        Returns once the broker has confirmed the message. With ``reply=False`` no reply
-        address is sent: fire and forget, the result is never tracked here.
+        Returns once the broker has confirmed the message. With ``reply=False`` the result
+        is not followed here: fire and forget (with ``rpc://`` no reply address is sent at
+        all, unless ``record=True`` asks this process to keep the task's states for
+        :meth:`result`).
         """
         name = task if isinstance(task, str) else getattr(task, "name", None)
         if not isinstance(name, str):
             raise TypeError(f"apply_async needs a Celery task or a task name, not {task!r}")
         task_type = None if isinstance(task, str) else task
-        return await self._send(name, args, kwargs, options, task_type, reply)
+        return await self._send(name, args, kwargs, options, task_type, reply, record)
 
     async def send_task(self, name: str, args: Sequence[Any] | None = (),
                         kwargs: Mapping[str, Any] | None = None, *, reply: bool = True,
-                        **options: Any) -> TaskResult:
+                        record: bool = False, **options: Any) -> TaskResult:
         """Send a task by name, like ``Celery.send_task``; returns once confirmed."""
         task_type = self.app._tasks.get(name) if hasattr(self.app, "_tasks") else None
-        return await self._send(name, args, kwargs, options, task_type, reply)
+        return await self._send(name, args, kwargs, options, task_type, reply, record)
 
     async def _send(self, name: str, args: Sequence[Any] | None,
                     kwargs: Mapping[str, Any] | None, options: Mapping[str, Any],
-                    task_type: Any, reply: bool) -> TaskResult:
+                    task_type: Any, reply: bool, record: bool) -> TaskResult:
         check_options(options)
+        source = self.source
         if reply:
-            if self.result_backend != "rpc":
-                raise ConfigurationError(
-                    f"result backend {self.result_backend!r} cannot be awaited by this "
-                    "producer: configure result_backend='rpc://', or send with reply=False")
+            source = self.require_results(f"waiting for task {name!r}")
             if len(self.results) >= self.max_pending:
                 raise Overloaded(
                     f"{len(self.results)} results already awaited, the limit "
                     f"(max_pending={self.max_pending}): not sending {name}",
                     retry_after=1.0, limit=self.max_pending)
-        message = build_message(self.app, name, args, kwargs, options,
-                                self.reply_queue.name if reply else "", task_type)
-        conn = await self._connection()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.publish_timeout
-        if conn.blocked:
-            await conn.wait_unblocked(self.publish_timeout)
-        if message.declare is not None:
-            declared = conn.declared(self._declaration(message.declare))
-            if not declared.done():
-                try:
-                    await wait_bounded(declared, deadline - loop.time())
-                except TimeoutError:
-                    conn.check_alive(self.publish_timeout)
-                    raise BrokerUnavailable(
-                        f"broker did not declare queue {message.declare.name!r} within "
-                        f"{self.publish_timeout:g}s", retry_after=self.publish_timeout) from None
-            declared.result()
-        if loop.time() >= deadline:  # never publish what the caller will be told failed
-            raise BrokerUnavailable(
-                f"no time left to publish task {message.task_id} within "
-                f"{self.publish_timeout:g}s (not sent)", retry_after=self.publish_timeout)
+        recorded = record and source is not None and not source.persistent
+        reply_to = source.reply_to if source is not None and (reply or recorded) else ""
+        message = build_message(self.app, name, args, kwargs, options, reply_to, task_type)
+        task_id = message.task_id
         if reply:
-            result = self.results.register(message.task_id)
+            assert source is not None
+            result = self.results.register(task_id)
+            if source.watches:
+                await source.watch(result)  # subscribed before the task can run
         else:
-            result = TaskResult(message.task_id, tracked=False)
+            result = TaskResult(task_id, tracked=False)
+        if recorded:
+            assert source is not None
+            source.record(task_id)
         try:
-            await wait_owned(conn.publish(message), deadline - loop.time())
-        except TimeoutError:
-            self.results.discard(message.task_id)
-            why = "publishing is blocked by a resource alarm" if conn.blocked else \
-                "no confirm"
-            conn.check_alive(self.publish_timeout)
-            raise BrokerUnavailable(
-                f"broker did not confirm task {message.task_id} within "
-                f"{self.publish_timeout:g}s ({why})", retry_after=self.publish_timeout) from None
+            await self.transport.publish(message, self.publish_timeout)
         except BaseException:
-            self.results.discard(message.task_id)
+            if reply:
+                self.results.discard(task_id)
+                assert source is not None
+                source.unwatch(task_id)
             raise
         return result
 
-    def _declaration(self, queue: Any) -> QueueDeclaration:
-        declaration = self._declarations.get(queue.name)
-        if declaration is None:
-            declaration = self._declarations[queue.name] = queue_declaration(queue)
-        return declaration
+    # -- any task, by id ----------------------------------------------------------------------
+    async def result(self, task_id: str) -> TaskResult:
+        """The current state of any task, by id, followed from now on.
+
+        With a persistent backend (Redis, a database, ...) any task can be looked up, and an
+        unknown id reads PENDING, as in Celery. With ``rpc://`` only the tasks this process
+        sent are known (the waiting ones, and those sent with ``record=True``); any other id
+        raises :class:`~tcelery_req_handler.errors.UnknownTask`.
+        """
+        source = self.require_results("looking up a task")
+        live = self.results.get(task_id)
+        if live is not None:
+            return live
+        result = self.results.register(task_id)
+        try:
+            await source.lookup(result)
+        except BaseException:
+            self.results.discard(task_id)
+            source.unwatch(task_id)
+            raise
+        return result
+
+    async def revoke(self, task_id: str | Sequence[str], *, terminate: bool = False,
+                     signal: str = "SIGTERM") -> None:
+        """Revoke tasks as ``celery control revoke`` does: a broadcast on the app's control
+        exchange, returned once the broker confirmed it. Workers drop the task when it
+        arrives; ``terminate`` also kills it if it is running (prefork pools)."""
+        ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        if not ids:
+            return
+        await self.transport.publish(build_revoke(self.app, ids, terminate=terminate,
+                                                  signal=signal), self.publish_timeout)
 
 
 _default: Producer | None = None

@@ -1,28 +1,25 @@
-"""Task results: ``TaskResult``, and the registry that matches replies to waiters.
+"""Task results: ``TaskResult`` and its state machine, and the registry of live results.
 
-The worker's ``rpc://`` backend publishes every state of a task (STARTED, RETRY, PROGRESS, ...,
-then SUCCESS / FAILURE / REVOKED) to our reply queue with ``correlation_id`` = task id.
-The registry holds results *weakly*: a result nobody references any more (a timed-out or
-abandoned request) vanishes from the map by itself, and a late reply for it is dropped.
+Whatever the result source (:mod:`tcelery_req_handler.backends`), states reach a result the
+same way: the source decodes a stored or published meta (``status``, ``result``,
+``traceback``, ``children``, ``date_done``) and feeds it to the registry, which hands it to the
+live ``TaskResult`` of that id. PENDING → STARTED / PROGRESS / RETRY … → SUCCESS, FAILURE or
+REVOKED; a ready state is final.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from celery import states as celery_states
-from kombu.exceptions import ContentDisallowed, DecodeError
-from kombu.serialization import loads, prepare_accept_content, registry
-from kombu.utils import json as kombu_json
 
 from ._aio import wait_owned
-from .errors import ResultDecodeError, TaskFailed, TaskRevoked, TaskTimeout, TCeleryError
+from .errors import TaskFailed, TaskRevoked, TaskTimeout, TCeleryError
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +27,6 @@ READY_STATES = frozenset(celery_states.READY_STATES)
 PENDING = celery_states.PENDING
 
 _QueueItem = tuple[str, Any]
-_JSON = "application/json"
-#: kombu's JSON decoding (its ``object_hook`` revives datetimes, UUIDs, ...), built once:
-#: ``kombu.utils.json.loads`` builds a new decoder for every message.
-_JSON_DECODER = json.JSONDecoder(object_hook=kombu_json.object_hook)
 
 
 class TaskResult:
@@ -171,10 +164,33 @@ class TaskResult:
         finally:
             self._followers.remove(queue)
 
+    def _listen(self) -> asyncio.Queue[_QueueItem]:
+        """A queue that gets ``(state, meta)`` for every state from now on."""
+        queue: asyncio.Queue[_QueueItem] = asyncio.Queue()
+        if self._followers is None:
+            self._followers = []
+        self._followers.append(queue)
+        return queue
+
+    def _unlisten(self, queue: asyncio.Queue[_QueueItem]) -> None:
+        if self._followers and queue in self._followers:
+            self._followers.remove(queue)
+
     # -- fed by the registry ---------------------------------------------------------------
     def _update(self, meta: dict[str, Any]) -> None:
-        self.state = str(meta.get("status", PENDING))
-        self.result = meta.get("result")
+        """Take one state. A ready state is final: nothing moves a result back from it
+        (a source may deliver a state twice, or an older one late), and a repeat of the
+        current state is not a change."""
+        state = str(meta.get("status", PENDING))
+        if self.state in READY_STATES or self._error is not None:
+            return
+        result = meta.get("result")
+        if state == self.state and result == self.result and self._history:
+            return
+        if state == PENDING and self._history:
+            return  # PENDING is where a task starts, never where it goes back to
+        self.state = state
+        self.result = result
         self.traceback = meta.get("traceback")
         self.children = meta.get("children")
         self.date_done = meta.get("date_done")
@@ -211,13 +227,14 @@ def _exc_message(info: Any) -> str:
 
 
 class ResultRegistry:
-    """Maps task ids to live ``TaskResult`` objects and feeds them decoded replies."""
+    """Maps task ids to live ``TaskResult`` objects and feeds them states.
 
-    def __init__(self, accept: Iterable[str], default_timeout: float) -> None:
-        self.accept = prepare_accept_content(list(accept))
-        # The fast path is only taken where it decodes exactly as kombu would.
-        self._fast_json = _JSON in self.accept and registry._decoders.get(_JSON) is \
-            kombu_json.loads
+    Results are held *weakly*: a result nobody references any more (a timed-out or abandoned
+    request) vanishes from the map by itself, and a late state for it is dropped. One live
+    result per task id: a second lookup of the same id returns the same object.
+    """
+
+    def __init__(self, default_timeout: float) -> None:
         self.default_timeout = default_timeout
         self._pending: weakref.WeakValueDictionary[str, TaskResult] = (
             weakref.WeakValueDictionary())
@@ -225,50 +242,44 @@ class ResultRegistry:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._pending
+
+    def get(self, task_id: str) -> TaskResult | None:
+        return self._pending.get(task_id)
+
+    def ids(self) -> list[str]:
+        """The ids still awaited (a snapshot)."""
+        return list(self._pending.keys())
+
     def register(self, task_id: str) -> TaskResult:
-        result = TaskResult(task_id, default_timeout=self.default_timeout)
-        self._pending[task_id] = result
+        result = self._pending.get(task_id)
+        if result is None:
+            result = self._pending[task_id] = TaskResult(
+                task_id, default_timeout=self.default_timeout)
         return result
 
     def discard(self, task_id: str) -> None:
         self._pending.pop(task_id, None)
 
-    def on_reply(self, correlation_id: str | None, content_type: str | None,
-                 content_encoding: str | None, body: bytes) -> None:
-        """Decode one reply and hand it to its waiter; replies nobody waits for are dropped."""
-        if correlation_id is None:
-            return
-        result = self._pending.get(correlation_id)
-        if result is None:
-            return  # late or foreign: the waiter is gone
-        try:
-            meta = self._decode(body, content_type, content_encoding)
-        except ContentDisallowed:
-            self._pending.pop(correlation_id, None)
-            result._abort(ResultDecodeError(correlation_id, content_type or "(none)"))
-            return
-        except DecodeError as exc:
-            log.warning("undecodable reply for %s: %s", correlation_id, exc)
-            self._pending.pop(correlation_id, None)
-            result._abort(ResultDecodeError(correlation_id, content_type or "(none)"))
-            return
-        if not isinstance(meta, dict):
-            return
+    def feed(self, task_id: str, meta: Any) -> TaskResult | None:
+        """Hand one decoded state to its live result; None when nobody awaits ``task_id``."""
+        result = self._pending.get(task_id)
+        if result is None or not isinstance(meta, dict):
+            return result
         result._update(meta)
         if result.state in READY_STATES:
-            self._pending.pop(correlation_id, None)
+            self._pending.pop(task_id, None)
+        return result
 
-    def _decode(self, body: bytes, content_type: str | None,
-                content_encoding: str | None) -> Any:
-        if self._fast_json and content_type == _JSON and content_encoding in ("utf-8", None):
-            try:
-                return _JSON_DECODER.decode(body.decode())
-            except ValueError as exc:  # UnicodeDecodeError included
-                raise DecodeError(exc) from exc
-        return loads(body, content_type, content_encoding or "utf-8", accept=self.accept)
+    def fail(self, task_id: str, error: BaseException) -> None:
+        """No state can come for ``task_id`` any more (an undecodable reply, say)."""
+        result = self._pending.pop(task_id, None)
+        if result is not None:
+            result._abort(error)
 
     def abort_all(self, error: BaseException) -> None:
-        """Fail every waiter (the producer is closing)."""
+        """Fail every waiter (the producer is closing, the result source is down)."""
         pending = list(self._pending.values())
         self._pending.clear()
         for result in pending:

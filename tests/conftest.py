@@ -20,7 +20,7 @@ os.environ.setdefault("TCELERY_TEST_PREFIX", f"tcelery-test-{RUN_ID}")
 BROKER_URL = os.environ.setdefault("TCELERY_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
 
 from tcelery_req_handler import Producer  # noqa: E402
-from tcelery_req_handler.producer import connection_parameters  # noqa: E402
+from tcelery_req_handler.transports.amqp import connection_parameters  # noqa: E402
 from tests import worker_app  # noqa: E402
 from tests.workers import CeleryWorker  # noqa: E402
 

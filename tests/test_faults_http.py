@@ -179,8 +179,8 @@ async def test_http_requests_waiting_across_a_drop_still_get_their_results(
     deadline = loop.time() + 5
     # Registered is not yet sent: wait for the broker's confirms, so the drop hits tasks
     # that are really on their way (a drop before the confirm is a 503, and right so).
-    while producer.pending < 3 or producer._conn is None or \
-            producer._conn.publish_channel._unconfirmed:
+    while producer.pending < 3 or producer.transport.connection is None or \
+            producer.transport.connection.publish_channel._unconfirmed:
         assert loop.time() < deadline, "the requests never reached the producer"
         await asyncio.sleep(0.01)
     with proxy.down():

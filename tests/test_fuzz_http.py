@@ -78,7 +78,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from tcelery_req_handler.arguments import MAX_JSON_DEPTH
+from tcelery_req_handler.web.arguments import MAX_JSON_DEPTH
 from tests import worker_app
 from tests.conftest import blocking_connection
 from tests.fuzz_app import ROUTES, Route

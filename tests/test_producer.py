@@ -51,7 +51,7 @@ async def test_kombu_json_types_survive_the_round_trip(producer: Producer) -> No
     value = await result.get(timeout=10)
     assert value["args"] == [when, ident, amount]
     assert type(value["args"][0]) is datetime.datetime
-    assert producer.results._fast_json  # decoded by the fast path, not kombu's registry
+    assert producer.source._fast_json  # decoded by the fast path, not kombu's registry
 
 
 async def test_send_task_by_name(producer: Producer) -> None:
@@ -275,7 +275,7 @@ async def test_setup_nonblocking_producer_installs_the_default(workers: object) 
 async def test_ten_thousand_concurrent_waits_share_one_connection(producer: Producer) -> None:
     assert producer.max_pending >= 10_000  # all of them may be awaited at once
     threads_before = threading.active_count()
-    connection = producer._conn
+    connection = producer.transport.connection
     results = await asyncio.gather(*(producer.apply_async(worker_app.add, (i, 1))
                                      for i in range(10_000)))
     waits = [asyncio.ensure_future(r.get(timeout=90)) for r in results]
@@ -284,4 +284,4 @@ async def test_ten_thousand_concurrent_waits_share_one_connection(producer: Prod
     values = await asyncio.gather(*waits)
     assert values == [i + 1 for i in range(10_000)]
     assert threading.active_count() == threads_before
-    assert producer._conn is connection  # one connection carried all of it
+    assert producer.transport.connection is connection  # one connection carried all of it

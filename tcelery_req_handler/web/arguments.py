@@ -18,7 +18,7 @@ from typing import Any
 
 from tornado import httputil
 
-from .errors import RequestError
+from ..errors import RequestError
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 #: Deepest JSON body accepted. Far deeper than any real payload; a few hundred levels would

@@ -7,6 +7,7 @@ tasks succeeded        200     the result (one task) or a list of results (sever
 fire and forget        202     ``{"task_ids": [...]}``, after the broker confirmed each one
 bad arguments          400     ``{"error": {"type": "BadRequest", "message": ...}}``
 verb without tasks     405     ``Allow`` header lists the verbs that have tasks
+unknown task id        404     ``rpc://`` only: ``{"error": ..., "task_id": ...}``
 task revoked           409     ``{"error": ..., "task_id": ..., "state": "REVOKED"}``
 body too large         413
 unsupported media      415
@@ -23,7 +24,7 @@ import json
 import math
 from typing import Any
 
-from .errors import (
+from ..errors import (
     BrokerUnavailable,
     PublishError,
     RequestError,
@@ -32,6 +33,7 @@ from .errors import (
     TaskRevoked,
     TaskTimeout,
     TCeleryError,
+    UnknownTask,
 )
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
@@ -61,6 +63,8 @@ def error_response(error: BaseException, *, debug: bool = False
         if debug and error.traceback:
             body["traceback"] = error.traceback
         return 500, {}, body
+    if isinstance(error, UnknownTask):
+        return 404, {}, error_body(name, str(error), task_id=error.task_id)
     if isinstance(error, TaskRevoked):
         return 409, {}, error_body(name, str(error), task_id=error.task_id, state="REVOKED")
     if isinstance(error, TaskTimeout):

@@ -1,13 +1,19 @@
-"""One AMQP connection, driven by pika on the asyncio loop.
+"""The AMQP transport: pika on the asyncio loop, with publisher confirms.
 
-It owns three channels, each with one job, so that a broker error on one cannot hurt the others:
+:class:`AmqpTransport` keeps one :class:`BrokerConnection` open: it connects, restores its
+consumers (the ``rpc://`` reply queue), waits for the connection to die, backs off and
+reconnects. While the broker is unreachable it never hangs: a publish fails fast with
+``BrokerUnavailable`` (or, before the first connection, within ``connect_timeout``).
+
+A :class:`BrokerConnection` owns three channels, each with one job, so that a broker error on
+one cannot hurt the others:
 
 * ``declare``: queue and exchange declarations (a PRECONDITION_FAILED closes only this one);
 * ``publish``: confirm mode; every publish returns a future that the broker's ack resolves;
 * ``consume``: the producer's reply queue, acknowledged in batches once per loop turn.
 
-It never reconnects by itself: when the connection dies it fails everything in flight and
-tells its owner (the :class:`~tcelery_req_handler.producer.Producer`), which decides what next.
+A connection never reconnects by itself: when it dies it fails everything in flight and tells
+its owner (the :class:`AmqpTransport`), which decides what next.
 """
 
 from __future__ import annotations
@@ -15,17 +21,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import random
+import socket
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import pika
+from kombu.utils.url import parse_url
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.spec import Basic, BasicProperties
 
-from ._aio import wait_bounded
-from .errors import BrokerUnavailable, PublishError
-from .messages import QueueDeclaration, TaskMessage
+from .._aio import wait_bounded, wait_owned
+from ..errors import BrokerUnavailable, ConfigurationError, PublishError, TCeleryError
+from ..messages import ControlMessage, QueueDeclaration, TaskMessage, queue_declaration
+from . import Transport
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +119,14 @@ class _PublishChannel(_Channel):
         self.channel.confirm_delivery(self._on_confirm, callback=_resolver(selected))
         await selected
 
-    def publish(self, message: TaskMessage) -> asyncio.Future[None]:
+    def publish(self, message: TaskMessage | ControlMessage) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = self.connection.loop.create_future()
         if not self.is_open:
             fut.set_exception(self._closed_error("channel is not open"))
             return fut
         props = BasicProperties(headers=message.headers, **message.properties)
         self.channel.basic_publish(message.exchange, message.routing_key, message.body,
-                                   props, mandatory=True)
+                                   props, mandatory=message.mandatory)
         self._next_tag += 1
         self._unconfirmed[self._next_tag] = (fut, message.task_id)
         self._order.append(self._next_tag)
@@ -360,11 +372,13 @@ class BrokerConnection:
 
     def declared(self, queue: QueueDeclaration) -> asyncio.Future[None]:
         """A future that resolves once ``queue``, its exchanges and bindings are declared on
-        this connection. Declared once per connection (a failed declaration is retried by the
+        this connection (a declaration without a queue name declares its exchanges only).
+        Declared once per connection (a failed declaration is retried by the
         next caller); callers bound their own wait on it without cancelling it."""
-        done = self._declared.get(queue.name)
+        key = queue.name or f"exchange {queue.exchanges[0][0]}"
+        done = self._declared.get(key)
         if done is None or (done.done() and done.exception() is not None):
-            done = self._declared[queue.name] = self.loop.create_future()
+            done = self._declared[key] = self.loop.create_future()
             task = self.loop.create_task(self._declare(queue, done))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -376,9 +390,10 @@ class BrokerConnection:
             for name, kind, durable, auto_delete, arguments in queue.exchanges:
                 await ch.rpc("exchange_declare", exchange=name, exchange_type=kind,
                              durable=durable, auto_delete=auto_delete, arguments=arguments)
-            await ch.rpc("queue_declare", queue=queue.name, durable=queue.durable,
-                         exclusive=queue.exclusive, auto_delete=queue.auto_delete,
-                         arguments=queue.arguments)
+            if queue.name:  # an empty name declares the exchanges only
+                await ch.rpc("queue_declare", queue=queue.name, durable=queue.durable,
+                             exclusive=queue.exclusive, auto_delete=queue.auto_delete,
+                             arguments=queue.arguments)
             for exchange, key, arguments in queue.bindings:
                 await ch.rpc("queue_bind", queue=queue.name, exchange=exchange,
                              routing_key=key, arguments=arguments)
@@ -395,8 +410,8 @@ class BrokerConnection:
         """Declare a queue, its exchanges and bindings once per connection."""
         await self.declared(queue)
 
-    def publish(self, message: TaskMessage) -> asyncio.Future[None]:
-        """Publish with ``mandatory``; the future resolves when the broker confirms."""
+    def publish(self, message: TaskMessage | ControlMessage) -> asyncio.Future[None]:
+        """Publish (``mandatory`` as the message says); resolves when the broker confirms."""
         return self.publish_channel.publish(message)
 
     async def consume(self, queue: QueueDeclaration, on_message: ReplyCallback) -> None:
@@ -502,3 +517,219 @@ def _resolver(fut: asyncio.Future[Any]) -> Callable[[Any], None]:
         if not fut.done():
             fut.set_result(value)
     return resolve
+
+
+_AMQP_SCHEMES = {"amqp": False, "pyamqp": False, "amqps": True, "pyamqps": True}
+
+
+def connection_parameters(broker_url: str, *, heartbeat: float,
+                          connect_timeout: float) -> pika.ConnectionParameters:
+    """Turn a Celery broker URL (``amqp://``, ``pyamqp://``, ``amqps://``) into pika parameters."""
+    url = broker_url.split(";")[0].strip()
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in _AMQP_SCHEMES:
+        raise ConfigurationError(
+            f"broker URL scheme {scheme or url!r} is not supported: tcelery_req_handler "
+            "publishes over AMQP, use amqp://, pyamqp:// or amqps://")
+    parts = parse_url(url)
+    use_ssl = _AMQP_SCHEMES[scheme]
+    host = parts.get("hostname") or "localhost"
+    ssl_options = None
+    if use_ssl:
+        ssl_options = pika.SSLOptions(ssl.create_default_context(), server_hostname=host)
+    return pika.ConnectionParameters(
+        host=host,
+        port=int(parts.get("port") or (5671 if use_ssl else 5672)),
+        virtual_host=parts.get("virtual_host") or "/",
+        credentials=pika.PlainCredentials(parts.get("userid") or "guest",
+                                          parts.get("password") or "guest"),
+        heartbeat=int(heartbeat),
+        connection_attempts=1,
+        socket_timeout=connect_timeout,
+        stack_timeout=connect_timeout,
+        ssl_options=ssl_options,
+        client_properties={"connection_name": f"tcelery-req-handler {socket.gethostname()}"
+                                              f":{os.getpid()}"},
+    )
+
+
+class AmqpTransport(Transport):
+    """Keeps one AMQP connection open and publishes over it with confirms.
+
+    ``consume(queue, callback)`` registers a consumer (the ``rpc://`` reply queue) that is
+    restored on every new connection before the connection is handed out, so results in
+    flight survive a short drop.
+    """
+
+    kind = "amqp"
+
+    def __init__(self, parameters: pika.ConnectionParameters, *, connect_timeout: float,
+                 reconnect_max_delay: float, prefetch: int, close_timeout: float) -> None:
+        self.parameters = parameters
+        self.connect_timeout = connect_timeout
+        self.reconnect_max_delay = reconnect_max_delay
+        self.prefetch = prefetch
+        self.close_timeout = close_timeout
+        self._consumers: list[tuple[QueueDeclaration, ReplyCallback]] = []
+        self._delete_on_close: list[str] = []
+        self._declarations: dict[str, QueueDeclaration] = {}
+        self._conn: BrokerConnection | None = None
+        self._first: asyncio.Future[BrokerConnection] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._outage: BaseException | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<AmqpTransport {self.parameters.host}:{self.parameters.port}>"
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._conn.is_open
+
+    @property
+    def connection(self) -> BrokerConnection | None:
+        """The open connection, if any (for tests and health checks)."""
+        return self._conn
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "connected": self.connected,
+                "host": f"{self.parameters.host}:{self.parameters.port}"}
+
+    def consume(self, queue: QueueDeclaration, on_message: ReplyCallback, *,
+                delete_on_close: bool = True) -> None:
+        """Consume ``queue`` on every connection from now on (call before connecting)."""
+        self._consumers.append((queue, on_message))
+        if delete_on_close:
+            self._delete_on_close.append(queue.name)
+
+    async def connect(self) -> None:
+        await self._connection()
+
+    async def close(self) -> None:
+        """Close the connection within ``close_timeout``; leaves no task, timer, socket, or
+        consumer behind, and deletes the queues registered with ``delete_on_close``."""
+        if self._closed:
+            return
+        self._closed = True
+        closed = BrokerUnavailable("producer closed")
+        first, self._first = self._first, None
+        if first is not None and not first.done():
+            first.set_exception(closed)
+            first.exception()
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            delete = self._delete_on_close[0] if self._delete_on_close else None
+            await conn.close(self.close_timeout, delete_queue=delete)
+
+    async def _connection(self) -> BrokerConnection:
+        conn = self._conn
+        if conn is not None and conn.is_open:
+            return conn
+        if self._closed:
+            raise BrokerUnavailable("producer is closed")
+        if self._outage is not None:
+            raise BrokerUnavailable(f"broker unavailable, reconnecting: {self._outage}",
+                                    retry_after=self.reconnect_max_delay)
+        if self._supervisor is None or self._first is None:
+            self._first = asyncio.get_running_loop().create_future()
+            self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+        elif self._first.done():  # connected once, now between connections
+            raise BrokerUnavailable("broker connection is being re-established",
+                                    retry_after=self.reconnect_max_delay)
+        try:
+            return await wait_bounded(self._first, self.connect_timeout + 0.5)
+        except TimeoutError:
+            raise BrokerUnavailable("timed out connecting to the broker") from None
+
+    async def _supervise(self) -> None:
+        """Keep one connection open: connect, restore the consumers, wait for the connection
+        to die, back off, reconnect. Runs until ``close()`` cancels it."""
+        attempt = 0
+        while not self._closed:
+            conn: BrokerConnection | None = None
+            try:
+                conn = await BrokerConnection.open(
+                    self.parameters, timeout=self.connect_timeout,
+                    prefetch=self.prefetch, on_lost=self._on_lost)
+                for queue, on_message in self._consumers:
+                    await asyncio.wait_for(conn.consume(queue, on_message), self.connect_timeout)
+            except asyncio.CancelledError:
+                if conn is not None:
+                    await asyncio.shield(conn.close(1.0))
+                raise
+            except Exception as exc:
+                if conn is not None:  # connected, but a consumer failed: start over
+                    await conn.close(1.0)
+                error = exc if isinstance(exc, TCeleryError) else BrokerUnavailable(
+                    f"cannot set up the broker connection: {exc!r}")
+                if attempt == 0:
+                    log.warning("cannot connect to the broker at %s:%s: %s",
+                                self.parameters.host, self.parameters.port, error)
+                self._outage = error
+                if self._first is not None and not self._first.done():
+                    self._first.set_exception(error)
+                    self._first.exception()
+                attempt += 1
+                delay = min(self.reconnect_max_delay, 0.05 * 2 ** min(attempt, 10))
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                continue
+            if attempt:
+                log.info("reconnected to the broker after %d attempt(s)", attempt)
+            attempt = 0
+            self._conn, self._outage = conn, None
+            if self._first is not None and not self._first.done():
+                self._first.set_result(conn)
+            await asyncio.shield(conn.closed)
+            self._conn = None
+
+    def _on_lost(self, reason: BaseException) -> None:
+        if not self._closed:
+            log.warning("connection to the broker lost (%r); reconnecting", reason)
+            self._outage = BrokerUnavailable(f"connection lost: {reason!r}")
+
+    async def publish(self, message: TaskMessage | ControlMessage, timeout: float) -> None:
+        conn = await self._connection()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if conn.blocked:
+            await conn.wait_unblocked(timeout)
+        declaration = self._declaration(message)
+        if declaration is not None:
+            declared = conn.declared(declaration)
+            if not declared.done():
+                try:
+                    await wait_bounded(declared, deadline - loop.time())
+                except TimeoutError:
+                    conn.check_alive(timeout)
+                    raise BrokerUnavailable(
+                        f"broker did not declare {declaration.name or 'its exchange'!r} "
+                        f"within {timeout:g}s", retry_after=timeout) from None
+            declared.result()
+        if loop.time() >= deadline:  # never publish what the caller will be told failed
+            raise BrokerUnavailable(
+                f"no time left to publish {message.what} within {timeout:g}s (not sent)",
+                retry_after=timeout)
+        try:
+            await wait_owned(conn.publish(message), deadline - loop.time())
+        except TimeoutError:
+            why = "publishing is blocked by a resource alarm" if conn.blocked else \
+                "no confirm"
+            conn.check_alive(timeout)
+            raise BrokerUnavailable(
+                f"broker did not confirm {message.what} within {timeout:g}s ({why})",
+                retry_after=timeout) from None
+
+    def _declaration(self, message: TaskMessage | ControlMessage) -> QueueDeclaration | None:
+        if isinstance(message, ControlMessage):
+            return message.declaration
+        queue = message.declare
+        if queue is None:
+            return None
+        declaration = self._declarations.get(queue.name)
+        if declaration is None:
+            declaration = self._declarations[queue.name] = queue_declaration(queue)
+        return declaration

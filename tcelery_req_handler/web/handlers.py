@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import traceback
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from tornado.web import HTTPError, RequestHandler, stream_request_body
+from tornado.web import HTTPError, stream_request_body
 
+from ..errors import RequestError, TaskFailed, TCeleryError
+from ..producer import Producer, get_producer
+from ..results import TaskResult
 from .arguments import request_arguments
-from .errors import RequestError, TaskFailed, TCeleryError
-from .producer import Producer, get_producer
-from .responses import encode, error_body, error_response
-from .results import TaskResult
+from .base import DEFAULT_TIMEOUT, JSONErrorsMixin
+from .responses import error_response
+from .status import status_url
 
 log = logging.getLogger(__name__)
 
 VERBS = ("get", "post", "put", "delete")
-DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
 
 
@@ -81,7 +81,8 @@ class TaskHandler:
             else handler.task_options
         producer = handler.producer or get_producer()
         return await producer.apply_async(spec.task or spec.name, (*spec.args, *args), kwargs,
-                                          reply=reply, **options)
+                                          reply=reply, record=handler.status_url is not None,
+                                          **options)
 
     async def one(self, verb: str, index: int, /, *args: Any, **kwargs: Any) -> TaskResult:
         result = await self.send(self.tasks(verb)[index], args, kwargs, reply=True)
@@ -149,52 +150,6 @@ async def _gather(coros: list[Any]) -> list[Any]:
     return outcomes
 
 
-class JSONErrorsMixin(RequestHandler):
-    """Errors as JSON ``{"error": {...}}``; tracebacks only when the app runs with debug."""
-
-    def set_default_headers(self) -> None:
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-
-    def compute_etag(self) -> None:
-        return None  # task results are not cacheable; skip hashing every body
-
-    def allowed_methods(self) -> list[str]:
-        return []
-
-    def write_json(self, value: Any, status: int = 200) -> None:
-        """Finish the response with ``value`` as JSON."""
-        self.set_status(status)
-        self.finish(encode(value))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc_info = kwargs.get("exc_info")
-        error = exc_info[1] if exc_info else None
-        debug = bool(self.settings.get("serve_traceback"))
-        if isinstance(error, TCeleryError):
-            status_code, headers, body = error_response(error, debug=debug)
-            self.set_status(status_code)
-            for name, value in headers.items():
-                self.set_header(name, value)
-        else:
-            reason = (error.log_message if isinstance(error, HTTPError) and error.log_message
-                      else self._reason)
-            kind = "InternalServerError" if status_code >= 500 else self._reason.replace(" ", "")
-            message = "internal server error" if status_code >= 500 else reason
-            body = error_body(kind, message)
-            if status_code == 405:
-                self.set_header("Allow", ", ".join(self.allowed_methods()))
-                body["error"]["allowed"] = self.allowed_methods()
-        if debug and exc_info and "traceback" not in body:
-            body["traceback"] = "".join(traceback.format_exception(*exc_info))
-        self.finish(encode(body))
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, TCeleryError):
-            log.info("%s %s: %s", self.request.method, self.request.uri, value)
-        else:
-            super().log_exception(typ, value, tb)
-
-
 class TCeleryNotFoundHandler(JSONErrorsMixin):
     """A JSON 404 for unknown URLs: pass as ``default_handler_class`` to the Application."""
 
@@ -231,6 +186,9 @@ class TCeleryBaseHandler(JSONErrorsMixin):
         self.task_handler = TaskHandler(self)
         self._chunks: list[bytes] = []
         self._body_size = 0
+        #: task id → its status URL, when the app mounts ``tcelery_status_routes``. Its
+        #: tasks are then recorded (``rpc://`` keeps their states for the status routes).
+        self.status_url = status_url(self)
 
     def allowed_methods(self) -> list[str]:
         return [verb.upper() for verb in VERBS if getattr(self, f"{verb}_tasks")]
@@ -324,10 +282,16 @@ class TCeleryReqHandler(TCeleryBaseHandler):
 
 
 class TCeleryAsyncHandler(TCeleryBaseHandler):
-    """Fires and forgets: 202 with the task ids, once the broker has confirmed each one."""
+    """Fires and forgets: 202 with the task ids, once the broker has confirmed each one
+    (and, when the app mounts status routes, ``Location`` and ``status_urls``)."""
 
     async def run_tasks(self, verb: str, path_args: Sequence[str],
                         path_kwargs: Mapping[str, str]) -> None:
         args, kwargs = self.task_arguments(*path_args, **path_kwargs)
         task_ids = await self.task_handler.fire(verb, *args, **kwargs)
-        self.write_json({"task_ids": task_ids}, 202)
+        if self.status_url is None:
+            self.write_json({"task_ids": task_ids}, 202)
+            return
+        urls = [self.status_url(task_id) for task_id in task_ids]
+        self.set_header("Location", urls[0])
+        self.write_json({"task_ids": task_ids, "status_urls": urls}, 202)

@@ -1,0 +1,373 @@
+"""``redis://`` / ``rediss://``: states pushed over one Redis pub/sub connection.
+
+The worker's Redis backend stores every state under ``celery-task-meta-<id>`` (after any
+``global_keyprefix``) and PUBLISHes the same bytes on a channel of that name, in one
+MULTI/EXEC. So:
+
+* a task this process sends is SUBSCRIBEd, and the subscription *confirmed*, before the task
+  is published: no state of it can be missed;
+* a task sent elsewhere is SUBSCRIBEd, confirmed, then read with GET: a state stored before
+  the subscription took effect is caught by the GET, any later one by pub/sub;
+* after a reconnect every channel still awaited is subscribed again, confirmed, then all keys
+  are read with one MGET: states stored while the connection was down are not lost;
+* a state can arrive twice (GET and pub/sub) or late; :class:`~tcelery_req_handler.results.
+  TaskResult` keeps the latest and never leaves a ready state.
+
+If the connection cannot be re-established within ``connect_timeout``, every wait fails with
+``BrokerUnavailable`` (503), new waits fail at once, and the source keeps reconnecting by
+itself. Payloads are decoded by the app's backend (``result_accept_content``, and the
+``result_compression`` framing of Celery 5.7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.utils.uuid import uuid
+
+from .._aio import wait_bounded
+from ..errors import BrokerUnavailable, ConfigurationError, ResultDecodeError
+from ..results import READY_STATES, ResultRegistry, TaskResult
+from . import ResultSource, plain_meta
+
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+except ImportError:  # pragma: no cover - the [redis] extra is not installed
+    aioredis = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+#: Seconds without any message before the connection is probed; two silent ticks in a row
+#: mean a dead connection (a silent partition sends no FIN).
+_TICK = 5.0
+
+
+class RedisSource(ResultSource):
+    """Every wait of the process over one pub/sub connection (plus a pool for GET/MGET)."""
+
+    kind = "redis"
+
+    def __init__(self, app: Celery, registry: ResultRegistry, *, connect_timeout: float = 5.0,
+                 reconnect_max_delay: float = 2.0, **_: Any) -> None:
+        super().__init__(app, registry)
+        if aioredis is None:
+            raise ConfigurationError(
+                f"result backend {self.backend_name!r} needs redis-py: "
+                "pip install 'tcelery-req-handler[redis]'")
+        self.backend = app.backend
+        self.connect_timeout = connect_timeout
+        self.reconnect_max_delay = reconnect_max_delay
+        self._url = str(app.conf.result_backend)
+        self._client: Any = None
+        self._pubsub: Any = None
+        self._own_channel = f"tcelery-ctl-{uuid()}".encode()
+        self._channels: dict[bytes, str] = {}      # watched channel -> task id
+        self._confirmed: set[bytes] = set()        # subscribed on the current connection
+        self._confirms: dict[bytes, asyncio.Future[None]] = {}
+        self._to_subscribe: set[bytes] = set()
+        self._to_unsubscribe: set[bytes] = set()
+        self._flushing = False
+        self._up: asyncio.Future[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._outage: BrokerUnavailable | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self.reconnects = 0
+
+    # -- the interface ----------------------------------------------------------------------
+    def key(self, task_id: str) -> bytes:
+        key: bytes = self.backend.get_key_for_task(task_id)
+        return key
+
+    async def start(self) -> None:
+        await self._connected()
+
+    async def watch(self, result: TaskResult) -> None:
+        channel = self.key(result.task_id)
+        self._channels[channel] = result.task_id
+        self._to_unsubscribe.discard(channel)
+        try:
+            await self._connected()
+            if channel in self._confirmed:
+                return
+            confirm = self._confirms.get(channel)
+            if confirm is None:
+                confirm = self._confirms[channel] = asyncio.get_running_loop().create_future()
+                self._to_subscribe.add(channel)
+                self._schedule_flush()
+            try:
+                await wait_bounded(confirm, self.connect_timeout)
+            except TimeoutError:
+                raise BrokerUnavailable(
+                    f"result backend {self.backend_name} did not confirm a subscription "
+                    f"within {self.connect_timeout:g}s") from None
+        except BaseException:
+            self.unwatch(result.task_id)
+            raise
+
+    async def lookup(self, result: TaskResult) -> None:
+        await self.watch(result)
+        try:
+            payload = await asyncio.wait_for(self._client.get(self.key(result.task_id)),
+                                             self.connect_timeout)
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+        if payload is not None:
+            self._deliver(result.task_id, payload)
+
+    def unwatch(self, task_id: str) -> None:
+        channel = self.key(task_id)
+        if self._channels.pop(channel, None) is None:
+            return
+        self._to_subscribe.discard(channel)
+        if channel in self._confirmed or channel in self._confirms:
+            self._to_unsubscribe.add(channel)
+            self._schedule_flush()
+
+    @property
+    def healthy(self) -> bool:
+        return self._outage is None and self._up is not None and self._up.done() \
+            and not self._up.cancelled() and self._up.exception() is None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "watched": len(self._channels),
+                "reconnects": self.reconnects}
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
+        await self._drop_connection()
+        for confirm in self._confirms.values():
+            _fail(confirm, BrokerUnavailable("producer closed"))
+        self._confirms.clear()
+        self._channels.clear()
+
+    # -- the connection -----------------------------------------------------------------------
+    async def _connected(self) -> None:
+        if self._closed:
+            raise BrokerUnavailable("producer is closed")
+        if self._outage is not None:
+            raise self._outage
+        if self._supervisor is None:
+            self._up = asyncio.get_running_loop().create_future()
+            self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+        assert self._up is not None
+        if self._up.done():
+            self._up.result()
+            return
+        try:
+            await wait_bounded(self._up, self.connect_timeout + 0.5)
+        except TimeoutError:
+            raise BrokerUnavailable(f"timed out connecting to the result backend "
+                                    f"{self.backend_name}") from None
+
+    async def _supervise(self) -> None:
+        attempt = 0
+        while not self._closed:
+            try:
+                await asyncio.wait_for(self._open(), self.connect_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._drop_connection()
+                error = self._unavailable(exc)
+                if attempt == 0:
+                    log.warning("%s", error)
+                self._outage = error
+                if self._up is not None and not self._up.done():
+                    self._up.set_exception(error)
+                    self._up.exception()
+                self._arm_abort(error)
+                attempt += 1
+                delay = min(self.reconnect_max_delay, 0.05 * 2 ** min(attempt, 10))
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                continue
+            if attempt:
+                self.reconnects += 1
+                log.info("reconnected to the result backend after %d attempt(s)", attempt)
+            attempt = 0
+            self._outage = None
+            if self._abort_timer is not None:
+                self._abort_timer.cancel()
+                self._abort_timer = None
+            if self._up is None or self._up.done():
+                self._up = asyncio.get_running_loop().create_future()
+            self._up.set_result(None)
+            try:
+                await self._read()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = self._unavailable(exc)
+                log.warning("%s", error)
+                self._outage = error
+                self._arm_abort(error)
+            await self._drop_connection()
+
+    async def _open(self) -> None:
+        """Connect, subscribe every watched channel again, wait for the confirmations, then
+        read every watched key: whatever was stored meanwhile is delivered."""
+        self._client = aioredis.Redis.from_url(
+            self._url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=self.connect_timeout,
+            **_ssl_options(self.app))
+        await self._client.ping()
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=False)
+        channels = list(self._channels)
+        self._confirmed.clear()
+        self._to_subscribe.clear()
+        self._to_unsubscribe.clear()
+        for channel in channels:
+            if channel not in self._confirms:
+                self._confirms[channel] = asyncio.get_running_loop().create_future()
+        await self._pubsub.subscribe(self._own_channel, *channels)
+        pending = set(channels) | {self._own_channel}
+        while pending:
+            message = await self._pubsub.get_message(timeout=self.connect_timeout)
+            if message is None:
+                raise BrokerUnavailable("no subscription confirmation from the result backend")
+            self._handle(message)
+            if message["type"] == "subscribe":
+                pending.discard(message["channel"])
+        if channels:
+            payloads = await self._client.mget(channels)
+            for channel, payload in zip(channels, payloads, strict=True):
+                task_id = self._channels.get(channel)
+                if payload is not None and task_id is not None:
+                    self._deliver(task_id, payload)
+
+    async def _read(self) -> None:
+        silent = 0
+        loop = asyncio.get_running_loop()
+        swept = loop.time()
+        while True:
+            message = await self._pubsub.get_message(timeout=_TICK)
+            if message is None:
+                silent += 1
+                if silent >= 2:
+                    raise BrokerUnavailable("the result backend stopped answering")
+                await self._pubsub.ping()
+                continue
+            silent = 0
+            self._handle(message)
+            if loop.time() - swept > _TICK:
+                swept = loop.time()
+                self._sweep()
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind, channel = message["type"], message["channel"]
+        if kind == "message":
+            task_id = self._channels.get(channel)
+            if task_id is not None:
+                self._deliver(task_id, message["data"])
+        elif kind == "subscribe":
+            self._confirmed.add(channel)
+            confirm = self._confirms.pop(channel, None)
+            if confirm is not None and not confirm.done():
+                confirm.set_result(None)
+        elif kind == "unsubscribe":
+            self._confirmed.discard(channel)
+
+    def _deliver(self, task_id: str, payload: bytes) -> None:
+        try:
+            meta = plain_meta(self.backend, self.backend.decode(payload))
+        except (ContentDisallowed, DecodeError, ValueError, TypeError) as exc:
+            log.warning("undecodable result for %s: %s", task_id, exc)
+            self.registry.fail(task_id, ResultDecodeError(task_id, "redis payload"))
+            self.unwatch(task_id)
+            return
+        result = self.registry.feed(task_id, meta)
+        if result is None or result.state in READY_STATES:
+            self.unwatch(task_id)
+
+    def _sweep(self) -> None:
+        """Unsubscribe the channels whose results nobody holds any more."""
+        for task_id in list(self._channels.values()):
+            if task_id not in self.registry:
+                self.unwatch(task_id)
+
+    def _schedule_flush(self) -> None:
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+
+    def _start_flush(self) -> None:
+        asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        """One SUBSCRIBE and one UNSUBSCRIBE for everything asked during a loop turn."""
+        self._flushing = False
+        subscribe, self._to_subscribe = self._to_subscribe, set()
+        unsubscribe, self._to_unsubscribe = self._to_unsubscribe, set()
+        pubsub = self._pubsub
+        if pubsub is None or self._outage is not None:
+            return  # _open subscribes every watched channel once connected again
+        try:
+            if unsubscribe:
+                await pubsub.unsubscribe(*unsubscribe)
+            if subscribe:
+                await pubsub.subscribe(*subscribe)
+        except Exception as exc:  # the reader sees the same failure and reconnects
+            error = self._unavailable(exc)
+            for channel in subscribe:
+                confirm = self._confirms.pop(channel, None)
+                if confirm is not None:
+                    _fail(confirm, error)
+
+    def _arm_abort(self, error: BrokerUnavailable) -> None:
+        """Fail the waits if the connection is not back within ``connect_timeout``."""
+        for confirm in self._confirms.values():
+            _fail(confirm, error)
+        self._confirms.clear()
+        if self._abort_timer is None:
+            self._abort_timer = asyncio.get_running_loop().call_later(
+                self.connect_timeout, self._abort_waits, error)
+
+    def _abort_waits(self, error: BrokerUnavailable) -> None:
+        self._abort_timer = None
+        if self._outage is None:
+            return
+        for task_id in list(self._channels.values()):
+            self.registry.fail(task_id, error)
+        self._channels.clear()
+
+    async def _drop_connection(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        client, self._client = self._client, None
+        self._confirmed.clear()
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pubsub.aclose(), 1.0)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.aclose(), 1.0)
+
+    def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
+        if isinstance(exc, BrokerUnavailable):
+            return exc
+        log.debug("result backend error", exc_info=exc)
+        return BrokerUnavailable(f"result backend {self.backend_name} unavailable "
+                                 f"({type(exc).__name__}); reconnecting")
+
+
+def _ssl_options(app: Celery) -> dict[str, Any]:
+    options = app.conf.redis_backend_use_ssl
+    return dict(options) if isinstance(options, dict) else {}
+
+
+def _fail(fut: asyncio.Future[Any], error: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(error)
+        fut.exception()
