@@ -18,6 +18,7 @@ from .errors import (
     TCeleryError,
     UnknownTask,
 )
+from .groups import TaskGroup
 from .producer import Producer, get_producer, setup_nonblocking_producer
 from .results import TaskResult
 from .web.handlers import (
@@ -28,7 +29,13 @@ from .web.handlers import (
     TCeleryNotFoundHandler,
     TCeleryReqHandler,
 )
-from .web.routes import routes, tcelery_async_routes, tcelery_routes, tcelery_status_routes
+from .web.routes import (
+    routes,
+    tcelery_async_routes,
+    tcelery_group_routes,
+    tcelery_routes,
+    tcelery_status_routes,
+)
 
 __all__ = [
     "BrokerError",
@@ -46,6 +53,7 @@ __all__ = [
     "TCeleryReqHandler",
     "TaskError",
     "TaskFailed",
+    "TaskGroup",
     "TaskHandler",
     "TaskResult",
     "TaskRevoked",
@@ -56,6 +64,7 @@ __all__ = [
     "routes",
     "setup_nonblocking_producer",
     "tcelery_async_routes",
+    "tcelery_group_routes",
     "tcelery_routes",
     "tcelery_status_routes",
 ]

@@ -142,8 +142,10 @@ class Overloaded(BrokerUnavailable):
 
 class UnknownTask(TCeleryError, LookupError):
     """No state is known for ``task_id``: with ``rpc://`` only the tasks this process sent
-    (and recorded) can be looked up; persistent backends read an unknown id as PENDING."""
+    (and recorded) can be looked up; persistent backends read an unknown id as PENDING.
+    Also raised for a group id the backend keeps no group for (``kind="group"``)."""
 
-    def __init__(self, task_id: str, why: str) -> None:
-        super().__init__(f"no task {task_id} is known here: {why}")
+    def __init__(self, task_id: str, why: str, *, kind: str = "task") -> None:
+        super().__init__(f"no {kind} {task_id} is known here: {why}")
         self.task_id = task_id
+        self.kind = kind

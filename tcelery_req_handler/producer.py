@@ -12,16 +12,19 @@ Every call is bounded in time, and a broker or result backend that is down fails
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import Celery
+from kombu.utils.uuid import uuid
 
 from .backends import ResultSource, backend_scheme, open_result_source
-from .errors import BrokerUnavailable, ConfigurationError, Overloaded
+from .errors import BrokerUnavailable, ConfigurationError, Overloaded, UnknownTask
+from .groups import TaskGroup
 from .messages import QueueDeclaration, build_message, build_revoke, check_options
-from .results import ResultRegistry, TaskResult
+from .results import PENDING, ResultRegistry, TaskResult
 from .transports import Transport, transport_kind
 from .transports.amqp import AmqpTransport, connection_parameters
 
@@ -246,6 +249,83 @@ class Producer:
             source.unwatch(task_id)
             raise
         return result
+
+    async def results_of(self, task_ids: Sequence[str]) -> list[TaskResult]:
+        """:meth:`result` for many ids at once, with as few backend round trips as the
+        backend allows (two on Redis, whatever the number)."""
+        source = self.require_results("looking up tasks")
+        results = [self.results.register(task_id) for task_id in task_ids]
+        fresh = [r for r in results if r.state == PENDING and r._history is None]
+        try:
+            await source.lookup_many(fresh)
+        except BaseException:
+            for result in fresh:
+                source.unwatch(result.task_id)
+            raise
+        return results
+
+    # -- groups ---------------------------------------------------------------------------
+    async def apply_group(self, task: Any, members: Sequence[tuple[Sequence[Any],
+                                                                   Mapping[str, Any]]], *,
+                          known: Mapping[int, Any] | None = None,
+                          **options: Any) -> TaskGroup:
+        """Send one Celery group, as ``group(...).apply_async()`` does, and save it as
+        ``GroupResult.save()`` does; returns once the broker confirmed every member.
+
+        ``members`` are ``(args, kwargs)`` pairs, one per task. ``known`` maps member indexes
+        to results that are already known (cache hits): those members are not sent, their
+        SUCCESS is stored as a worker would store it. Needs a persistent result backend.
+        """
+        name = task if isinstance(task, str) else getattr(task, "name", None)
+        if not isinstance(name, str):
+            raise TypeError(f"apply_group needs a Celery task or a task name, not {task!r}")
+        task_type = None if isinstance(task, str) else task
+        source = self.require_results("a group")
+        check_options(options)
+        known = known or {}
+        if len(self.results) + len(members) > self.max_pending:
+            raise Overloaded(
+                f"{len(self.results)} results already awaited: a group of {len(members)} "
+                f"would pass the limit (max_pending={self.max_pending}); not sending it",
+                retry_after=1.0, limit=self.max_pending)
+        group_id = options.pop("group_id", None) or uuid()
+        messages = [build_message(self.app, name, args, kwargs,
+                                  {**options, "group_id": group_id, "group_index": index},
+                                  source.reply_to, task_type)
+                    for index, (args, kwargs) in enumerate(members)]
+        results = [self.results.register(message.task_id) for message in messages]
+        group = TaskGroup(group_id, results)
+        sent = [m for i, m in enumerate(messages) if i not in known]
+        try:
+            await source.save_group(group_id, group.task_ids)
+            if source.watches:
+                await source.watch_many([r for i, r in enumerate(results) if i not in known])
+            for index, value in known.items():
+                await source.store_success(messages[index].task_id, value, group_id)
+                self.results.feed(messages[index].task_id,
+                                  {"status": "SUCCESS", "result": value})
+            outcomes = await asyncio.gather(
+                *(self.transport.publish(message, self.publish_timeout) for message in sent),
+                return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        except BaseException:
+            for result in results:
+                self.results.discard(result.task_id)
+                source.unwatch(result.task_id)
+            raise
+        return group
+
+    async def group(self, group_id: str) -> TaskGroup:
+        """A saved group, by id, with its members followed from now on; UnknownGroup if the
+        backend keeps no group of that id (it was never saved, or it expired)."""
+        source = self.require_results("a group")
+        task_ids = await source.restore_group(group_id)
+        if task_ids is None:
+            raise UnknownTask(group_id, "no group of this id is saved in the result backend",
+                              kind="group")
+        return TaskGroup(group_id, await self.results_of(task_ids))
 
     async def revoke(self, task_id: str | Sequence[str], *, terminate: bool = False,
                      signal: str = "SIGTERM") -> None:

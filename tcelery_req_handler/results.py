@@ -57,6 +57,13 @@ class TaskResult:
     def __repr__(self) -> str:
         return f"<TaskResult {self.task_id} {self.state}>"
 
+    @classmethod
+    def known(cls, value: Any, task_id: str = "") -> TaskResult:
+        """A result that is already SUCCESS (a cache hit: no task was sent)."""
+        result = cls(task_id)
+        result._update({"status": celery_states.SUCCESS, "result": value})
+        return result
+
     @property
     def status(self) -> str:
         """Alias of ``state``, as in Celery."""
@@ -164,9 +171,12 @@ class TaskResult:
         finally:
             self._followers.remove(queue)
 
-    def _listen(self) -> asyncio.Queue[_QueueItem]:
-        """A queue that gets ``(state, meta)`` for every state from now on."""
-        queue: asyncio.Queue[_QueueItem] = asyncio.Queue()
+    def _listen(self, queue: asyncio.Queue[_QueueItem] | None = None
+                ) -> asyncio.Queue[_QueueItem]:
+        """A queue (``queue``, or a new one) that gets ``(state, meta)`` for every state from
+        now on; a group passes one queue to all its members."""
+        if queue is None:
+            queue = asyncio.Queue()
         if self._followers is None:
             self._followers = []
         self._followers.append(queue)

@@ -19,10 +19,20 @@ module here implementing :class:`ResultSource`; nothing else needs to change.
 from __future__ import annotations
 
 import abc
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import ConfigurationError
+from celery import states as celery_states
+from celery.app.task import Context
+
+from ..errors import BrokerUnavailable, ConfigurationError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -48,10 +58,16 @@ class ResultSource(abc.ABC):
     reply_to: str = ""
     #: True when ``watch`` does work (else the producer skips the call on the hot path).
     watches: bool = True
+    #: True when the backend can hold the ``cache=`` route option's results.
+    caches: bool = False
+
+    #: Threads for blocking backend calls (groups, stored results, polling).
+    threads: int = 4
 
     def __init__(self, app: Celery, registry: ResultRegistry) -> None:
         self.app = app
         self.registry = registry
+        self._threads: ThreadPoolExecutor | None = None
 
     @property
     def backend_name(self) -> str:
@@ -80,6 +96,68 @@ class ResultSource(abc.ABC):
         """Remember the states of ``task_id`` for later lookups (rpc:// only keeps them
         for tasks it is told to record; persistent backends keep every task anyway)."""
 
+    async def lookup_many(self, results: Sequence[TaskResult]) -> None:
+        """``lookup`` for many tasks at once (a group's members): as few round trips as the
+        backend allows, and a bounded number of reads in flight."""
+        for result in results:
+            await self.lookup(result)
+
+    async def watch_many(self, results: Sequence[TaskResult]) -> None:
+        """``watch`` for many tasks at once (before publishing a group)."""
+        for result in results:
+            await self.watch(result)
+
+    # -- groups and stored results: Celery's own backend code, run in a thread ---------------
+    async def save_group(self, group_id: str, task_ids: Sequence[str]) -> None:
+        """Store the group as ``GroupResult.save()`` does, so any process can restore it."""
+        await self.in_thread(self._save_group, group_id, list(task_ids))
+
+    async def restore_group(self, group_id: str) -> list[str] | None:
+        """The member ids of a saved group, in submission order; None if unknown."""
+        ids: list[str] | None = await self.in_thread(self._restore_group, group_id)
+        return ids
+
+    async def store_success(self, task_id: str, value: Any, group_id: str | None) -> None:
+        """Store ``value`` as the SUCCESS of ``task_id`` exactly as a worker would (a cache
+        hit that no worker runs still has a result everyone can read)."""
+        await self.in_thread(self._store_success, task_id, value, group_id)
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking backend code in this source's small thread pool (``app.backend`` is
+        per thread, so each pool thread has its own backend and connection); a failure is
+        BrokerUnavailable, naming the backend."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(max_workers=self.threads,
+                                               thread_name_prefix=f"tcelery-{self.kind}")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
+        except Exception as exc:
+            log.warning("result backend %s failed: %r", self.backend_name, exc)
+            raise BrokerUnavailable(f"result backend {self.backend_name} unavailable "
+                                    f"({type(exc).__name__})") from None
+
+    def _save_group(self, group_id: str, task_ids: list[str]) -> None:
+        app = self.app
+        app.GroupResult(group_id, [app.AsyncResult(t) for t in task_ids]).save(
+            backend=app.backend)
+
+    def _restore_group(self, group_id: str) -> list[str] | None:
+        app = self.app
+        group = app.GroupResult.restore(group_id, backend=app.backend, app=app)
+        return None if group is None else [member.id for member in group.results]
+
+    def _store_success(self, task_id: str, value: Any, group_id: str | None) -> None:
+        self.app.backend.store_result(task_id, value, celery_states.SUCCESS,
+                                      request=Context(id=task_id, group=group_id))
+
+    async def cache_get(self, key: str) -> bytes | None:
+        """A cached result (``caches`` sources only)."""
+        raise ConfigurationError(f"result backend {self.backend_name!r} cannot hold a cache")
+
+    async def cache_set(self, key: str, value: bytes, ttl: float) -> None:
+        """Cache ``value`` for ``ttl`` seconds (``caches`` sources only)."""
+        raise ConfigurationError(f"result backend {self.backend_name!r} cannot hold a cache")
+
     @property
     def healthy(self) -> bool:
         return True
@@ -88,8 +166,10 @@ class ResultSource(abc.ABC):
         """What the source reads, for health reports (no secrets)."""
         return {"kind": self.kind, "backend": self.backend_name, "healthy": self.healthy}
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Release connections and threads."""
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
 
 
 def backend_scheme(app: Celery) -> str:

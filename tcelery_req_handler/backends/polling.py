@@ -11,8 +11,6 @@ wait with ``BrokerUnavailable`` (503).
 from __future__ import annotations
 
 import asyncio
-import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import Celery
@@ -21,8 +19,6 @@ from celery import states as celery_states
 from ..errors import BrokerUnavailable
 from ..results import ResultRegistry, TaskResult
 from . import ResultSource, plain_meta
-
-log = logging.getLogger(__name__)
 
 FIRST_POLL = 0.01
 
@@ -34,13 +30,11 @@ class PollingSource(ResultSource):
     push = False
 
     def __init__(self, app: Celery, registry: ResultRegistry, *,
-                 result_poll_interval: float = 0.5, poll_threads: int = 4, **_: Any) -> None:
+                 result_poll_interval: float = 0.5, **_: Any) -> None:
         super().__init__(app, registry)
         self.interval = max(result_poll_interval, FIRST_POLL)
-        self._pool = ThreadPoolExecutor(max_workers=poll_threads,
-                                        thread_name_prefix="tcelery-poll")
         self._pollers: dict[str, asyncio.Task[None]] = {}
-        self._failing: BaseException | None = None
+        self._failing = False
 
     async def watch(self, result: TaskResult) -> None:
         self._start(result.task_id)
@@ -58,7 +52,7 @@ class PollingSource(ResultSource):
 
     @property
     def healthy(self) -> bool:
-        return self._failing is None
+        return not self._failing
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "polled": len(self._pollers),
@@ -70,7 +64,7 @@ class PollingSource(ResultSource):
         for poller in pollers:
             poller.cancel()
         await asyncio.gather(*pollers, return_exceptions=True)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        await super().close()
 
     def _start(self, task_id: str) -> None:
         if task_id not in self._pollers:
@@ -104,16 +98,12 @@ class PollingSource(ResultSource):
         return self.registry.get(task_id)
 
     async def _read(self, task_id: str) -> Any:
-        loop = asyncio.get_running_loop()
         try:
-            meta = await loop.run_in_executor(self._pool, self._read_in_thread, task_id)
-        except Exception as exc:
-            if self._failing is None:
-                log.warning("cannot read result backend %s: %r", self.backend_name, exc)
-            self._failing = exc
-            raise BrokerUnavailable(f"result backend {self.backend_name} unavailable "
-                                    f"({type(exc).__name__})") from None
-        self._failing = None
+            meta = await self.in_thread(self._read_in_thread, task_id)
+        except BrokerUnavailable:
+            self._failing = True
+            raise
+        self._failing = False
         return meta
 
     def _read_in_thread(self, task_id: str) -> Any:

@@ -25,7 +25,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 from celery import Celery
 from kombu.exceptions import ContentDisallowed, DecodeError
@@ -44,6 +45,7 @@ except ImportError:  # pragma: no cover - the [redis] extra is not installed
     aioredis = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Seconds without any message before the connection is probed; two silent ticks in a row
 #: mean a dead connection (a silent partition sends no FIN).
@@ -54,6 +56,7 @@ class RedisSource(ResultSource):
     """Every wait of the process over one pub/sub connection (plus a pool for GET/MGET)."""
 
     kind = "redis"
+    caches = True
 
     def __init__(self, app: Celery, registry: ResultRegistry, *, connect_timeout: float = 5.0,
                  reconnect_max_delay: float = 2.0, **_: Any) -> None:
@@ -115,13 +118,63 @@ class RedisSource(ResultSource):
 
     async def lookup(self, result: TaskResult) -> None:
         await self.watch(result)
-        try:
-            payload = await asyncio.wait_for(self._client.get(self.key(result.task_id)),
-                                             self.connect_timeout)
-        except Exception as exc:
-            raise self._unavailable(exc) from None
+        payload = await self._call(self._client.get(self.key(result.task_id)))
         if payload is not None:
             self._deliver(result.task_id, payload)
+
+    async def watch_many(self, results: Sequence[TaskResult]) -> None:
+        """One SUBSCRIBE for all of them (the flush batches a loop turn's channels)."""
+        outcomes = await asyncio.gather(*(self.watch(r) for r in results),
+                                        return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                for result in results:
+                    self.unwatch(result.task_id)
+                raise outcome
+
+    async def lookup_many(self, results: Sequence[TaskResult]) -> None:
+        """Subscribe all, then read all with one MGET: two round trips for any size."""
+        if not results:
+            return
+        await self.watch_many(results)
+        keys = [self.key(r.task_id) for r in results]
+        payloads = await self._call(self._client.mget(keys))
+        for result, payload in zip(results, payloads, strict=True):
+            if payload is not None:
+                self._deliver(result.task_id, payload)
+
+    async def restore_group(self, group_id: str) -> list[str] | None:
+        """One GET of ``celery-taskset-meta-<id>``, as ``GroupResult.restore`` reads it."""
+        await self._connected()
+        payload = await self._call(self._client.get(self.backend.get_key_for_group(group_id)))
+        if payload is None:
+            return None
+        try:
+            stored = self.backend.decode(payload)
+            return [str(member[0][0]) for member in stored["result"][1]]
+        except (ContentDisallowed, DecodeError, LookupError, TypeError, ValueError) as exc:
+            raise ResultDecodeError(group_id, "redis group payload") from exc
+
+    async def cache_get(self, key: str) -> bytes | None:
+        await self._connected()
+        value: bytes | None = await self._call(self._client.get(self._cache_key(key)))
+        return value
+
+    async def cache_set(self, key: str, value: bytes, ttl: float) -> None:
+        await self._connected()
+        await self._call(self._client.set(self._cache_key(key), value,
+                                          px=max(1, int(ttl * 1000))))
+
+    def _cache_key(self, key: str) -> bytes:
+        """``tcelery-cache-<key>``, after the app's ``global_keyprefix`` like Celery's keys."""
+        prefix: bytes = self.backend.task_keyprefix
+        return prefix.replace(b"celery-task-meta-", b"tcelery-cache-") + key.encode()
+
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(awaitable, self.connect_timeout)
+        except Exception as exc:
+            raise self._unavailable(exc) from None
 
     def unwatch(self, task_id: str) -> None:
         channel = self.key(task_id)

@@ -16,6 +16,7 @@ import os
 import socket
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _JSON = "application/json"
+NO_GROUPS = ("groups need a result backend that keeps them, and rpc:// keeps nothing: use "
+             "redis://, rediss://, or a database backend (db+..., django-db)")
 #: kombu's JSON decoding (its ``object_hook`` revives datetimes, UUIDs, ...), built once:
 #: ``kombu.utils.json.loads`` builds a new decoder for every message.
 _JSON_DECODER = json.JSONDecoder(object_hook=kombu_json.object_hook)
@@ -125,6 +128,12 @@ class RpcSource(ResultSource):
 
     def record(self, task_id: str) -> None:
         self.store.record(task_id)
+
+    async def save_group(self, group_id: str, task_ids: Sequence[str]) -> None:
+        raise ConfigurationError(NO_GROUPS)
+
+    async def restore_group(self, group_id: str) -> list[str] | None:
+        raise ConfigurationError(NO_GROUPS)
 
     def on_reply(self, correlation_id: str | None, content_type: str | None,
                  content_encoding: str | None, body: bytes) -> None:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from tornado.web import HTTPError, stream_request_body
 
+from ..cache import ResultCache
 from ..errors import RequestError, TaskFailed, TCeleryError
 from ..producer import Producer, get_producer
 from ..results import TaskResult
@@ -72,21 +73,37 @@ class TaskHandler:
         for spec in specs:
             self.task_kwargs(spec, kwargs)
 
+    def options(self, spec: TaskSpec) -> Mapping[str, Any]:
+        """The ``apply_async`` options of one task: the route's, then the spec's."""
+        task_options = self.handler.task_options
+        return {**task_options, **spec.options} if spec.options else task_options
+
     async def send(self, spec: TaskSpec, args: Sequence[Any], kwargs: Mapping[str, Any],
                    *, reply: bool) -> TaskResult:
         """Publish one task: the spec's partial args first, its fixed kwargs protected."""
         handler = self.handler
         kwargs = self.task_kwargs(spec, kwargs)
-        options = {**handler.task_options, **spec.options} if spec.options \
-            else handler.task_options
-        producer = handler.producer or get_producer()
-        return await producer.apply_async(spec.task or spec.name, (*spec.args, *args), kwargs,
-                                          reply=reply, record=handler.status_url is not None,
-                                          **options)
+        return await handler.the_producer().apply_async(
+            spec.task or spec.name, (*spec.args, *args), kwargs, reply=reply,
+            record=handler.status_url is not None, **self.options(spec))
 
     async def one(self, verb: str, index: int, /, *args: Any, **kwargs: Any) -> TaskResult:
-        result = await self.send(self.tasks(verb)[index], args, kwargs, reply=True)
+        spec = self.tasks(verb)[index]
+        cache = self.handler.cache
+        if cache is None:
+            result = await self.send(spec, args, kwargs, reply=True)
+            await result.get(timeout=self.handler.timeout, propagate=False)
+            return result
+        source = self.handler.the_producer().require_results("cache=")
+        full_args, full_kwargs = (*spec.args, *args), self.task_kwargs(spec, kwargs)
+        hit, value = await cache.get(source, spec.name, full_args, full_kwargs)
+        self.handler.cache_outcome("hit" if hit else "miss")
+        if hit:
+            return TaskResult.known(value)
+        result = await self.send(spec, args, kwargs, reply=True)
         await result.get(timeout=self.handler.timeout, propagate=False)
+        if result.successful():
+            await cache.put(source, spec.name, full_args, full_kwargs, result.result)
         return result
 
     async def many(self, verb: str, /, *args: Any, **kwargs: Any) -> list[TaskResult]:
@@ -165,8 +182,9 @@ class TCeleryBaseHandler(JSONErrorsMixin):
 
     Class members (set by the route factories): ``uri_path``, ``get_tasks``, ``post_tasks``,
     ``put_tasks``, ``delete_tasks`` (tuples of :class:`TaskSpec`), ``timeout``,
-    ``max_body_size``, ``task_options`` (apply_async options), ``producer`` and
-    ``error_statuses`` (remote exception type name → HTTP status, instead of 500).
+    ``max_body_size``, ``task_options`` (apply_async options), ``producer``,
+    ``error_statuses`` (remote exception type name → HTTP status, instead of 500) and
+    ``cache`` (the ``cache=`` option's :class:`~tcelery_req_handler.cache.ResultCache`).
     """
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
@@ -181,6 +199,7 @@ class TCeleryBaseHandler(JSONErrorsMixin):
     task_options: ClassVar[Mapping[str, Any]] = {}
     producer: ClassVar[Producer | None] = None
     error_statuses: ClassVar[Mapping[str, int]] = {}
+    cache: ClassVar[ResultCache | None] = None
 
     def initialize(self) -> None:
         self.task_handler = TaskHandler(self)
@@ -192,6 +211,15 @@ class TCeleryBaseHandler(JSONErrorsMixin):
 
     def allowed_methods(self) -> list[str]:
         return [verb.upper() for verb in VERBS if getattr(self, f"{verb}_tasks")]
+
+    def the_producer(self) -> Producer:
+        """The route's producer, or the one ``setup_nonblocking_producer`` installed."""
+        return self.producer or get_producer()
+
+    def cache_outcome(self, outcome: str) -> None:
+        """``X-Cache: hit`` when every task of the request came from the cache."""
+        if outcome == "miss" or self._headers.get("X-Cache") != "miss":
+            self.set_header("X-Cache", outcome)
 
     def prepare(self) -> None:
         method = self.request.method or ""

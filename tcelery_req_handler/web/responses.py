@@ -64,7 +64,7 @@ def error_response(error: BaseException, *, debug: bool = False
             body["traceback"] = error.traceback
         return 500, {}, body
     if isinstance(error, UnknownTask):
-        return 404, {}, error_body(name, str(error), task_id=error.task_id)
+        return 404, {}, error_body(name, str(error), **{f"{error.kind}_id": error.task_id})
     if isinstance(error, TaskRevoked):
         return 409, {}, error_body(name, str(error), task_id=error.task_id, state="REVOKED")
     if isinstance(error, TaskTimeout):

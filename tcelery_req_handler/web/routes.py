@@ -2,7 +2,8 @@
 
 ``tcelery_routes`` builds routes whose handler waits for the results;
 ``tcelery_async_routes`` builds fire-and-forget routes; ``tcelery_status_routes`` builds the
-status, event-stream and revoke routes for any task id. Each returns a list of Tornado URL
+status, event-stream and revoke routes for any task id; ``tcelery_group_routes`` the routes
+of batches sent as one group. Each returns a list of Tornado URL
 rules; ``routes`` flattens several such lists into one for ``tornado.web.Application``.
 Every misuse is refused here, when the route is built, not at the first request.
 """
@@ -10,7 +11,7 @@ Every misuse is refused here, when the route is built, not at the first request.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from celery.app.task import Task
@@ -19,11 +20,18 @@ from tornado.routing import Rule, URLSpec
 from tornado.web import RequestHandler
 
 from ..backends import backend_scheme
+from ..cache import ResultCache
 from ..errors import ConfigurationError
 from ..messages import check_options
 from ..producer import Producer
 from .base import DEFAULT_TIMEOUT
 from .events import DEFAULT_STREAM_TIMEOUT
+from .groups import (
+    DEFAULT_MAX_GROUP_SIZE,
+    GroupEventsHandler,
+    GroupStatusHandler,
+    GroupSubmitHandler,
+)
 from .handlers import (
     DEFAULT_MAX_BODY_SIZE,
     TaskSpec,
@@ -90,49 +98,81 @@ def _check_producer(producer: Any) -> Producer | None:
     return producer
 
 
-def _check_results(base: type[TCeleryBaseHandler], specs: dict[str, tuple[TaskSpec, ...]],
-                   producer: Producer | None) -> None:
-    """A waiting route whose tasks' app keeps no results could never answer: refuse it."""
-    if base is not TCeleryReqHandler:
-        return
+def _apps(specs: Iterable[TaskSpec], producer: Producer | None) -> list[Any]:
+    """The Celery apps a route's tasks will be sent with, as far as can be known now."""
     if producer is not None:
-        producer.require_results("a waiting route")
-    for spec in (spec for verb_specs in specs.values() for spec in verb_specs):
-        app = getattr(spec.task, "app", None)
-        if app is not None and not backend_scheme(app):
+        return [producer.app]
+    apps = [spec.task.app for spec in specs if getattr(spec.task, "app", None) is not None]
+    if not apps:
+        from celery import current_app
+
+        apps = [current_app._get_current_object()]
+    return apps
+
+
+def _require_backend(what: str, specs: Iterable[TaskSpec], producer: Producer | None, *,
+                     schemes: frozenset[str] | None = None, refused: str = "") -> None:
+    """Refuse, when the route is built, a route that could never answer: one whose app has
+    no result backend, or (``schemes``) not one of those it needs."""
+    for app in _apps(specs, producer):
+        scheme = backend_scheme(app)
+        if not scheme:
             raise ConfigurationError(
-                f"a waiting route needs a result backend, and task {spec.name!r}'s app has "
-                "none: set result_backend, or use tcelery_async_routes")
+                f"{what} needs a result backend, and app {app.main!r} has none: set "
+                "result_backend, or use tcelery_async_routes")
+        if schemes is not None and scheme not in schemes:
+            raise ConfigurationError(f"{what} cannot use result backend {scheme}://: {refused}")
 
 
-def _build(base: type[TCeleryBaseHandler], uri_path: str, tasks: dict[str, Any],
-           handler: Any, options: dict[str, Any]) -> list[URLSpec]:
+#: What to use instead of rpc:// for groups: every persistent backend keeps them.
+_GROUP_BACKENDS = "use redis://, rediss:// or a database backend (db+..., django-db)"
+_CACHE_SCHEMES = frozenset({"redis", "rediss"})
+
+
+def _common_options(base: type[TCeleryBaseHandler], uri_path: str,
+                    specs: Mapping[str, tuple[TaskSpec, ...]], options: dict[str, Any]
+                    ) -> tuple[str | None, dict[str, Any]]:
+    """Check the options every task route takes; ``(name, class members)``. What is left
+    in ``options`` is ``apply_async`` options."""
     if not isinstance(uri_path, str) or not uri_path.strip():
         raise ConfigurationError(f"uri_path must be a non-empty string, not {uri_path!r}")
     name = options.pop("name", None)
-    timeout = options.pop("timeout", DEFAULT_TIMEOUT)
+    timeout = _check_timeout("timeout", options.pop("timeout", DEFAULT_TIMEOUT))
     max_body_size = options.pop("max_body_size", DEFAULT_MAX_BODY_SIZE)
-    producer = options.pop("producer", None)
+    producer = _check_producer(options.pop("producer", None))
     error_statuses = dict(options.pop("error_statuses", None) or {})
+    cache = options.pop("cache", None)
     check_options(options)
     for exc_type, status in error_statuses.items():
         if not isinstance(exc_type, str) or not isinstance(status, int) \
                 or not 400 <= status <= 599:
             raise ConfigurationError(f"error_statuses maps exception type names to 4xx/5xx "
                                      f"statuses, not {exc_type!r}: {status!r}")
-    timeout = _check_timeout("timeout", timeout)
     if isinstance(max_body_size, bool) or not isinstance(max_body_size, int) \
             or max_body_size < 0:
         raise ConfigurationError(f"max_body_size must be a number of bytes, not "
                                  f"{max_body_size!r}")
-    producer = _check_producer(producer)
-    specs = {verb: _task_specs(verb, verb_tasks) for verb, verb_tasks in tasks.items()}
-    _check_results(base, specs, producer)
-    members: dict[str, Any] = {
+    all_specs = [spec for verb_specs in specs.values() for spec in verb_specs]
+    if base is not TCeleryAsyncHandler:
+        _require_backend("a waiting route", all_specs, producer)
+    if cache is not None:
+        if base is TCeleryAsyncHandler:
+            raise ConfigurationError("cache= applies to routes that wait for results, not to "
+                                     "fire-and-forget routes")
+        cache = ResultCache(_check_timeout("cache", cache))
+        _require_backend("cache=", all_specs, producer, schemes=_CACHE_SCHEMES,
+                         refused="the cache is kept in Redis: use redis:// or rediss://")
+    return name, {
         "uri_path": uri_path, "timeout": timeout, "max_body_size": max_body_size,
         "task_options": options, "producer": producer, "error_statuses": error_statuses,
-        **{f"{verb}_tasks": verb_specs for verb, verb_specs in specs.items()},
+        "cache": cache, **{f"{verb}_tasks": verb_specs for verb, verb_specs in specs.items()},
     }
+
+
+def _build(base: type[TCeleryBaseHandler], uri_path: str, tasks: dict[str, Any],
+           handler: Any, options: dict[str, Any]) -> list[URLSpec]:
+    specs = {verb: _task_specs(verb, verb_tasks) for verb, verb_tasks in tasks.items()}
+    name, members = _common_options(base, uri_path, specs, options)
     return [URLSpec(uri_path, _handler_class(base, handler, uri_path, members), name=name)]
 
 
@@ -190,6 +230,49 @@ def tcelery_status_routes(prefix: str = "/tasks", handler: Any = None,
                 _handler_class(TaskStatusHandler, handler, base, dict(members),
                                any_request_handler=True),
                 name=TASK_STATUS_ROUTE),
+    ]
+
+
+def tcelery_group_routes(uri_path: str, task: Any, handler: Any = None,
+                         **options: Any) -> list[URLSpec]:
+    """Routes for batches sent as one Celery group: ``POST uri_path`` (``{"tasks": [...]}``),
+    ``GET uri_path/<group_id>`` (``?wait=S``), ``GET uri_path/<group_id>/events`` (SSE) and
+    ``DELETE uri_path/<group_id>`` (revoke the members that are not ready).
+
+    ``task`` is a Celery task, a task name or a signature. Options: those of
+    :func:`tcelery_routes` (``cache=`` included), ``max_group_size`` (default 1,000) and
+    ``stream_timeout``. Needs a result backend that keeps groups (not rpc://). ``handler``
+    is a mixin put before the submit, status and events handlers.
+    """
+    stream_timeout = _check_timeout("stream_timeout",
+                                    options.pop("stream_timeout", DEFAULT_STREAM_TIMEOUT))
+    max_group_size = options.pop("max_group_size", DEFAULT_MAX_GROUP_SIZE)
+    if isinstance(max_group_size, bool) or not isinstance(max_group_size, int) \
+            or max_group_size < 1:
+        raise ConfigurationError(f"max_group_size must be a positive number of tasks, not "
+                                 f"{max_group_size!r}")
+    specs = {"post": (_task_spec("task", task),)}
+    name, members = _common_options(GroupSubmitHandler, uri_path, specs, options)
+    for app in _apps(specs["post"], members["producer"]):
+        if backend_scheme(app) == "rpc":
+            raise ConfigurationError(f"group routes need a result backend that keeps groups, "
+                                     f"and rpc:// keeps nothing: {_GROUP_BACKENDS}")
+    base = uri_path.rstrip("/")
+    group_route = name or f"tcelery.group {base}"
+    status_members = {"producer": members["producer"], "timeout": members["timeout"],
+                      "stream_timeout": stream_timeout}
+    submit = _handler_class(GroupSubmitHandler, handler, base, {
+        **members, "max_group_size": max_group_size, "group_route": group_route},
+        any_request_handler=True)
+    return [
+        URLSpec(rf"{base}/?", submit),
+        URLSpec(rf"{base}/([^/]+)/events",
+                _handler_class(GroupEventsHandler, handler, f"{base}/events",
+                               dict(status_members), any_request_handler=True)),
+        URLSpec(rf"{base}/([^/]+)",
+                _handler_class(GroupStatusHandler, handler, base, dict(status_members),
+                               any_request_handler=True),
+                name=group_route),
     ]
 
 

@@ -37,6 +37,7 @@ _TASK_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,255}")
 _SUCCESS = str(celery_states.SUCCESS)
 _ERROR_STATES = frozenset({str(celery_states.FAILURE), str(celery_states.REVOKED)})
 _PENDING = str(celery_states.PENDING)
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def check_task_id(task_id: str) -> str:
@@ -105,6 +106,27 @@ class _StatusBase(JSONErrorsMixin):
     async def lookup(self, task_id: str) -> TaskResult:
         return await self.the_producer().result(check_task_id(task_id))
 
+    def wait_argument(self) -> float:
+        """``?wait=S``: 0 when absent, else 0 < S <= the route's timeout (or a 400)."""
+        value = self.get_query_argument("wait", None)
+        if value is None:
+            return 0.0
+        try:
+            wait = float(value)
+        except ValueError:
+            wait = math.nan
+        if not 0 < wait <= self.timeout:
+            raise RequestError(400, f"wait must be a number of seconds above 0 and at most "
+                                    f"{self.timeout:g}", argument="wait")
+        return wait
+
+    def terminate_argument(self) -> bool:
+        """``?terminate=true|false`` (or 1/0, yes/no); a 400 for anything else."""
+        value = self.get_query_argument("terminate", "false").lower()
+        if value not in _BOOLEANS:
+            raise RequestError(400, "terminate must be true or false", argument="terminate")
+        return _BOOLEANS[value]
+
     def write_tcelery_error(self, error: TCeleryError) -> None:
         status, headers, body = error_response(
             error, debug=bool(self.settings.get("serve_traceback")))
@@ -127,7 +149,7 @@ class TaskStatusHandler(_StatusBase):
 
     async def get(self, task_id: str) -> None:
         try:
-            wait = self._wait()
+            wait = self.wait_argument()
             result = await self.lookup(task_id)
             if wait and not result.ready():
                 with contextlib.suppress(TaskTimeout):  # not ready: answer with its state
@@ -141,32 +163,13 @@ class TaskStatusHandler(_StatusBase):
         self.write_json(result_status(result))
 
     async def delete(self, task_id: str) -> None:
-        terminate = self.get_query_argument("terminate", "false").lower()
-        if terminate not in ("true", "false", "1", "0", "yes", "no"):
-            self.write_tcelery_error(RequestError(
-                400, "terminate must be true or false", argument="terminate"))
-            return
         try:
-            check_task_id(task_id)
-            await self.the_producer().revoke(task_id,
-                                             terminate=terminate in ("true", "1", "yes"))
+            terminate = self.terminate_argument()
+            await self.the_producer().revoke(check_task_id(task_id), terminate=terminate)
         except TCeleryError as error:
             self.write_tcelery_error(error)
             return
         self.write_json({"task_id": task_id, "revoked": True}, 202)
-
-    def _wait(self) -> float:
-        value = self.get_query_argument("wait", None)
-        if value is None:
-            return 0.0
-        try:
-            wait = float(value)
-        except ValueError:
-            wait = math.nan
-        if not 0 < wait <= self.timeout:
-            raise RequestError(400, f"wait must be a number of seconds above 0 and at most "
-                                    f"{self.timeout:g}", argument="wait")
-        return wait
 
 
 class TaskEventsHandler(_StatusBase, EventStreamHandler):
