@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,10 +34,9 @@ if _HERE not in sys.path:
 import backend.v1  # noqa: E402
 import tornado.web  # noqa: E402
 from backend.v1 import tasks  # noqa: E402
+from serving import configure_logging, serve  # noqa: E402
 
 from tcelery_req_handler import (  # noqa: E402
-    BrokerUnavailable,
-    ConfigurationError,
     Producer,
     TCeleryNotFoundHandler,
     routes,
@@ -47,9 +44,6 @@ from tcelery_req_handler import (  # noqa: E402
     tcelery_async_routes,
     tcelery_routes,
 )
-
-#: How long shutdown lets requests that wait for a task finish before answering them 503.
-SHUTDOWN_GRACE = 5.0
 
 
 def make_app(producer: Producer | None = None, **settings: Any) -> tornado.web.Application:
@@ -79,76 +73,10 @@ def make_app(producer: Producer | None = None, **settings: Any) -> tornado.web.A
     ), **settings)
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-def broker_hint(where: str, error: BaseException) -> str:
-    """One line: why the first connection to RabbitMQ failed, and what to do about it."""
-    text = _one_line(error)
-    if "ACCESS_REFUSED" in text or "AuthenticationError" in text:
-        return f"RabbitMQ at {where} refused the login: check the user/password in BROKER_URL"
-    if "vhost" in text and "not found" in text:
-        return f"RabbitMQ at {where} has no such virtual host: check the path of BROKER_URL"
-    reason = "nothing listens there" if "refused" in text.lower() else text
-    return (f"cannot connect to RabbitMQ at {where} ({reason}); start it with "
-            "`rabbitmq-server -detached`, or set BROKER_URL to a running broker")
-
-
-def _fail(message: str) -> int:
-    print(f"main.py: {message}", file=sys.stderr, flush=True)
-    return 1
-
-
 async def main(port: int = 8888, address: str = "127.0.0.1") -> int:
-    """Connect to RabbitMQ, serve until SIGINT/SIGTERM, then shut down; the exit status.
-
-    A broker that is down, a bad ``BROKER_URL`` or a busy port is one line on stderr and
-    status 1, never a traceback: this is the first thing a newcomer runs.
-    """
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-
-    try:
-        producer = setup_nonblocking_producer(backend.v1.app)
-    except ConfigurationError as exc:
-        return _fail(f"bad broker configuration: {_one_line(exc)}")
-    where = f"{producer.parameters.host}:{producer.parameters.port}"
-    logging.disable(logging.WARNING)  # pika's and the producer's log lines say it 10 times
-    try:
-        await producer.connect()
-    except BrokerUnavailable as exc:
-        await producer.close()
-        return _fail(broker_hint(where, exc))
-    finally:
-        logging.disable(logging.NOTSET)
-
-    try:
-        # A burst of new connections overflows the default backlog of 128; dropped SYNs come
-        # back a second later, which is most of the tail latency under load.
-        server = make_app().listen(port, address, xheaders=False, backlog=1024)
-    except OSError as exc:
-        await producer.close()
-        return _fail(f"cannot listen on {address}:{port}: {exc.strerror or exc}")
-    print(f"main.py: serving http://{address}:{port}/v1/user (broker {where}); "
-          "Ctrl-C to stop", flush=True)
-
-    await stop.wait()
-    server.stop()  # no new connections
-    await drain(producer, SHUTDOWN_GRACE)  # waiting requests get their results...
-    await producer.close()  # ...or, past the grace period, a 503
-    await asyncio.sleep(0.1)  # let those last handlers write their responses
-    await server.close_all_connections()  # idle keep-alive connections
-    return 0
-
-
-async def drain(producer: Producer, grace: float) -> None:
-    """Wait (at most ``grace`` seconds) until no request is waiting for a task's result."""
-    deadline = asyncio.get_running_loop().time() + grace
-    while producer.pending and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.05)
+    """Connect to RabbitMQ, serve until SIGINT/SIGTERM, then shut down; the exit status."""
+    return await serve("main.py", lambda: setup_nonblocking_producer(backend.v1.app),
+                       make_app, port, address, "/v1/user")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -166,12 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(argv: list[str] | None = None) -> int:
     """The command line: parse ``argv``, configure logging, serve; the exit status."""
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.log_level != "debug":
-        # pika logs every failed socket as a stack of ERRORs; the producer's own warnings
-        # ("connection lost; reconnecting") already say what matters.
-        logging.getLogger("pika").setLevel(logging.CRITICAL)
+    configure_logging(args.log_level)
     return asyncio.run(main(args.port, args.address))
 
 

@@ -96,7 +96,12 @@ class GroupSubmitHandler(TCeleryBaseHandler):
                 _fill_cache(self.cache, producer.require_results("cache="), spec.name,
                             members, group, self.timeout))
         self.set_header("Location", self.reverse_url(self.group_route, group.group_id))
-        self.write_json({"group_id": group.group_id, "task_ids": group.task_ids}, 202)
+        self.write_json(self.submitted_json({"group_id": group.group_id,
+                                             "task_ids": group.task_ids}), 202)
+
+    def submitted_json(self, body: dict[str, Any]) -> Any:
+        """Hook: the 202 body of a submitted group; override it to reshape the JSON."""
+        return body
 
 
 async def _fill_cache(cache: Any, source: Any, name: str,
@@ -123,6 +128,11 @@ async def _fill_cache(cache: Any, source: Any, name: str,
 
 
 class _GroupBase(_StatusBase):
+    def group_json(self, status: dict[str, Any]) -> Any:
+        """Hook: the body written for a group's progress (GET and every SSE event);
+        override it (in a ``handler=`` mixin) to reshape the JSON."""
+        return status
+
     async def lookup_group(self, group_id: str) -> TaskGroup:
         return await self.the_producer().group(check_task_id(group_id))
 
@@ -151,7 +161,7 @@ class GroupStatusHandler(_GroupBase):
         except TCeleryError as error:
             self.write_tcelery_error(error)
             return
-        self.write_json(group.status())
+        self.write_json(self.group_json(group.status()))
 
     async def delete(self, group_id: str) -> None:
         try:
@@ -188,17 +198,16 @@ class GroupEventsHandler(_GroupBase, EventStreamHandler):
             return
         queue = group._listen()
         try:
-            await self.stream(None, queue, lambda _item: self._render(group, queue))
+            await self.stream(None, queue, lambda _item: self.event(group, queue))
         finally:
             group._unlisten(queue)
 
-    @staticmethod
-    def _render(group: TaskGroup, queue: asyncio.Queue[Any]) -> tuple[str, Any, bool]:
+    def event(self, group: TaskGroup, queue: asyncio.Queue[Any]) -> tuple[str, Any, bool]:
         while not queue.empty():  # coalesce the changes that are already here
             queue.get_nowait()
         failure = group.failure()
         if failure is not None:
             return "error", {"group_id": group.group_id, **error_response(failure)[2]}, True
         status = group.status()
-        return ("processed" if status["processed"] else "progress"), status, \
+        return ("processed" if status["processed"] else "progress"), self.group_json(status), \
             status["processed"]

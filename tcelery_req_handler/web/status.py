@@ -103,6 +103,11 @@ class _StatusBase(JSONErrorsMixin):
     def the_producer(self) -> Producer:
         return self.producer or get_producer()
 
+    def task_json(self, status: dict[str, Any]) -> Any:
+        """Hook: the body written for a task's status (GET and every SSE event); override
+        it (in a ``handler=`` mixin) to reshape the JSON."""
+        return status
+
     async def lookup(self, task_id: str) -> TaskResult:
         return await self.the_producer().result(check_task_id(task_id))
 
@@ -160,7 +165,7 @@ class TaskStatusHandler(_StatusBase):
         except TCeleryError as error:
             self.write_tcelery_error(error)
             return
-        self.write_json(result_status(result))
+        self.write_json(self.task_json(result_status(result)))
 
     async def delete(self, task_id: str) -> None:
         try:
@@ -201,12 +206,11 @@ class TaskEventsHandler(_StatusBase, EventStreamHandler):
             first: tuple[str, Any] = (result.state, result.result)
             if result.exception() is not None and result.state not in READY_STATES:
                 first = ("ERROR", result.exception())
-            await self.stream(first, queue, lambda item: self._render(result, item))
+            await self.stream(first, queue, lambda item: self.event(result, item))
         finally:
             result._unlisten(queue)
 
-    @staticmethod
-    def _render(result: TaskResult, item: tuple[str, Any]) -> tuple[str, Any, bool]:
+    def event(self, result: TaskResult, item: tuple[str, Any]) -> tuple[str, Any, bool]:
         state, meta = item
         if state == "ERROR":  # the source can deliver nothing more (backend down, say)
             failure = result.exception()
@@ -214,5 +218,5 @@ class TaskEventsHandler(_StatusBase, EventStreamHandler):
                 {"error": {"type": "Unavailable", "message": str(meta)}}
             return "error", {"task_id": result.task_id, **body}, True
         date_done = result.date_done if state in READY_STATES else None
-        return state, task_status(result.task_id, state, meta, date_done), \
+        return state, self.task_json(task_status(result.task_id, state, meta, date_done)), \
             state in READY_STATES
