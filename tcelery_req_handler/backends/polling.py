@@ -86,6 +86,9 @@ class PollingSource(ResultSource):
                 result = self._feed(task_id, meta)
                 if result is None or result.ready():
                     return
+                # Hold no reference while sleeping, or an abandoned result (the registry
+                # keeps it weakly) would stay alive, and polled, until its task ends.
+                del result
                 delay = min(delay * 2, self.interval)
         finally:
             if self._pollers.get(task_id) is asyncio.current_task():
