@@ -51,7 +51,14 @@ class Producer:
     * ``close_timeout``: bound on ``close()`` (default 5 s);
     * ``result_poll_interval``: longest pause between two reads of a polled backend (0.5 s);
     * ``status_ttl``, ``status_max``: how long (3600 s) and how many (100 000) task states
-      an ``rpc://`` producer keeps for the status routes.
+      an ``rpc://`` producer keeps for the status routes;
+    * ``embedded_concurrency``: threads of the embedded worker (``broker_url="memory://"``,
+      default 4).
+
+    ``broker_url="memory://"`` is the embedded mode: a real Celery worker runs in a thread of
+    this process, and results are kept in memory (the app's ``broker_url`` and
+    ``result_backend`` are switched to them). For demos, tests and one process: nothing is
+    durable, and no other process can see the tasks.
     """
 
     def __init__(
@@ -71,6 +78,7 @@ class Producer:
         result_poll_interval: float = 0.5,
         status_ttl: float = 3600.0,
         status_max: int = 100_000,
+        embedded_concurrency: int = 4,
     ) -> None:
         if celery_app is None:
             from celery import current_app
@@ -83,19 +91,29 @@ class Producer:
         if max_pending < 1:
             raise ConfigurationError(f"max_pending must be at least 1, not {max_pending!r}")
         self.max_pending = max_pending
-        transport_kind(self.broker_url)  # a ConfigurationError naming an unknown scheme
-        self.transport: Transport = AmqpTransport(
-            connection_parameters(self.broker_url,
-                                  heartbeat=heartbeat or conf.broker_heartbeat or 60,
-                                  connect_timeout=connect_timeout),
-            connect_timeout=connect_timeout, reconnect_max_delay=reconnect_max_delay,
-            prefetch=reply_prefetch, close_timeout=close_timeout)
         self.results = ResultRegistry(result_timeout)
-        self.source: ResultSource | None = open_result_source(
-            celery_app, self.results, self.transport, connect_timeout=connect_timeout,
-            reconnect_max_delay=reconnect_max_delay, reply_queue_expires=reply_queue_expires,
-            result_poll_interval=result_poll_interval, status_ttl=status_ttl,
-            status_max=status_max)
+        self.transport: Transport
+        self.source: ResultSource | None
+        if transport_kind(self.broker_url) == "memory":  # the embedded mode
+            from .backends.memory import EmbeddedSource
+            from .transports.memory import MemoryTransport
+
+            self.transport = MemoryTransport(celery_app, concurrency=embedded_concurrency,
+                                             stop_timeout=close_timeout)
+            self.source = EmbeddedSource(celery_app, self.results)
+        else:
+            self.transport = AmqpTransport(
+                connection_parameters(self.broker_url,
+                                      heartbeat=heartbeat or conf.broker_heartbeat or 60,
+                                      connect_timeout=connect_timeout),
+                connect_timeout=connect_timeout, reconnect_max_delay=reconnect_max_delay,
+                prefetch=reply_prefetch, close_timeout=close_timeout)
+            self.source = open_result_source(
+                celery_app, self.results, self.transport, connect_timeout=connect_timeout,
+                reconnect_max_delay=reconnect_max_delay,
+                reply_queue_expires=reply_queue_expires,
+                result_poll_interval=result_poll_interval, status_ttl=status_ttl,
+                status_max=status_max)
         self.result_backend = backend_scheme(celery_app) or "disabled"
         self._closed = False
 
@@ -122,6 +140,15 @@ class Producer:
     def reply_queue(self) -> QueueDeclaration | None:
         """The ``rpc://`` reply queue, or None with another result backend."""
         return getattr(self.source, "reply_queue", None)
+
+    async def wait_idle(self, timeout: float = 30.0) -> None:
+        """Embedded mode: wait until every queued task has run (TimeoutError after
+        ``timeout``). For tests: ``await producer.wait_idle()`` after fire-and-forget."""
+        wait = getattr(self.transport, "wait_idle", None)
+        if wait is None:
+            raise ConfigurationError("wait_idle() needs the embedded mode (memory://): with "
+                                     "a broker, other processes run the tasks")
+        await wait(timeout)
 
     @property
     def persistent_results(self) -> bool:
@@ -331,10 +358,15 @@ class Producer:
                      signal: str = "SIGTERM") -> None:
         """Revoke tasks as ``celery control revoke`` does: a broadcast on the app's control
         exchange, returned once the broker confirmed it. Workers drop the task when it
-        arrives; ``terminate`` also kills it if it is running (prefork pools)."""
+        arrives; ``terminate`` also kills it if it is running (prefork pools; not in the
+        embedded mode, whose thread pool cannot)."""
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         if not ids:
             return
+        if terminate and not getattr(self.transport, "can_terminate", True):
+            log.info("the embedded worker cannot terminate running tasks: only revoking %s",
+                     ", ".join(ids))
+            terminate = False
         await self.transport.publish(build_revoke(self.app, ids, terminate=terminate,
                                                   signal=signal), self.publish_timeout)
 

@@ -213,7 +213,7 @@ class RedisSource(ResultSource):
         if self._closed:
             raise BrokerUnavailable("producer is closed")
         if self._outage is not None:
-            raise self._outage
+            raise _fresh(self._outage)
         if self._supervisor is None:
             self._up = asyncio.get_running_loop().create_future()
             self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
@@ -229,9 +229,10 @@ class RedisSource(ResultSource):
 
     async def _supervise(self) -> None:
         attempt = 0
+        lost = False  # a connection was up and broke: the next open is a reconnect
         while not self._closed:
             try:
-                await asyncio.wait_for(self._open(), self.connect_timeout)
+                found = await asyncio.wait_for(self._open(), self.connect_timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -248,10 +249,12 @@ class RedisSource(ResultSource):
                 delay = min(self.reconnect_max_delay, 0.05 * 2 ** min(attempt, 10))
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 continue
-            if attempt:
+            if attempt or lost:
                 self.reconnects += 1
-                log.info("reconnected to the result backend after %d attempt(s)", attempt)
+                log.info("reconnected to the result backend after %d attempt(s)",
+                         attempt + 1)
             attempt = 0
+            lost = False
             self._outage = None
             if self._abort_timer is not None:
                 self._abort_timer.cancel()
@@ -259,6 +262,14 @@ class RedisSource(ResultSource):
             if self._up is None or self._up.done():
                 self._up = asyncio.get_running_loop().create_future()
             self._up.set_result(None)
+            # Delivered only now that the source is up: a waiter woken by one of these may
+            # send a new task at once, and the channels it lets go of are unsubscribed.
+            for channel, payload in found:
+                task_id = self._channels.get(channel)
+                if task_id is not None:
+                    self._deliver(task_id, payload)
+            if self._to_unsubscribe:
+                self._schedule_flush()
             try:
                 await self._read()
             except asyncio.CancelledError:
@@ -268,11 +279,13 @@ class RedisSource(ResultSource):
                 log.warning("%s", error)
                 self._outage = error
                 self._arm_abort(error)
+            lost = True
             await self._drop_connection()
 
-    async def _open(self) -> None:
+    async def _open(self) -> list[tuple[bytes, bytes]]:
         """Connect, subscribe every watched channel again, wait for the confirmations, then
-        read every watched key: whatever was stored meanwhile is delivered."""
+        read every watched key: returns whatever was published or stored meanwhile, as
+        ``(channel, payload)`` in arrival order, for the supervisor to deliver once up."""
         self._client = aioredis.Redis.from_url(
             self._url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=self.connect_timeout,
             **_ssl_options(self.app))
@@ -287,19 +300,22 @@ class RedisSource(ResultSource):
                 self._confirms[channel] = asyncio.get_running_loop().create_future()
         await self._pubsub.subscribe(self._own_channel, *channels)
         pending = set(channels) | {self._own_channel}
+        found: list[tuple[bytes, bytes]] = []
         while pending:
             message = await self._pubsub.get_message(timeout=self.connect_timeout)
             if message is None:
                 raise BrokerUnavailable("no subscription confirmation from the result backend")
-            self._handle(message)
+            if message["type"] == "message":
+                found.append((message["channel"], message["data"]))
+            else:
+                self._handle(message)
             if message["type"] == "subscribe":
                 pending.discard(message["channel"])
         if channels:
             payloads = await self._client.mget(channels)
-            for channel, payload in zip(channels, payloads, strict=True):
-                task_id = self._channels.get(channel)
-                if payload is not None and task_id is not None:
-                    self._deliver(task_id, payload)
+            found += [(channel, payload) for channel, payload
+                      in zip(channels, payloads, strict=True) if payload is not None]
+        return found
 
     async def _read(self) -> None:
         silent = 0
@@ -366,7 +382,10 @@ class RedisSource(ResultSource):
         unsubscribe, self._to_unsubscribe = self._to_unsubscribe, set()
         pubsub = self._pubsub
         if pubsub is None or self._outage is not None:
-            return  # _open subscribes every watched channel once connected again
+            # _open subscribes every watched channel once connected again; an UNSUBSCRIBE
+            # asked meanwhile is kept for the connection being opened (_open starts afresh)
+            self._to_unsubscribe |= unsubscribe
+            return
         try:
             if unsubscribe:
                 await pubsub.unsubscribe(*unsubscribe)
@@ -382,7 +401,7 @@ class RedisSource(ResultSource):
     def _arm_abort(self, error: BrokerUnavailable) -> None:
         """Fail the waits if the connection is not back within ``connect_timeout``."""
         for confirm in self._confirms.values():
-            _fail(confirm, error)
+            _fail(confirm, _fresh(error))
         self._confirms.clear()
         if self._abort_timer is None:
             self._abort_timer = asyncio.get_running_loop().call_later(
@@ -393,7 +412,7 @@ class RedisSource(ResultSource):
         if self._outage is None:
             return
         for task_id in list(self._channels.values()):
-            self.registry.fail(task_id, error)
+            self.registry.fail(task_id, _fresh(error))
         self._channels.clear()
 
     async def _drop_connection(self) -> None:
@@ -418,6 +437,13 @@ class RedisSource(ResultSource):
 def _ssl_options(app: Celery) -> dict[str, Any]:
     options = app.conf.redis_backend_use_ssl
     return dict(options) if isinstance(options, dict) else {}
+
+
+def _fresh(error: BrokerUnavailable) -> BrokerUnavailable:
+    """A new exception like ``error``, for each caller: raising one shared instance again
+    and again chains every raiser's frames onto its traceback, and the outage (which holds
+    it) would keep every refused request and aborted wait alive until the backend is back."""
+    return BrokerUnavailable(str(error), retry_after=error.retry_after)
 
 
 def _fail(fut: asyncio.Future[Any], error: BaseException) -> None:

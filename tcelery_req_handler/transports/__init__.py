@@ -4,7 +4,8 @@ A transport connects, publishes a built message and returns once the broker hold
 whether it is connected, and closes. It never decides what a message contains (that is
 :mod:`tcelery_req_handler.messages`) nor where results come from (that is
 :mod:`tcelery_req_handler.backends`). A new broker is a new module here that implements
-:class:`Transport`; :func:`open_transport` picks one by the broker URL's scheme.
+:class:`Transport`; :func:`transport_kind` names it from the broker URL's scheme:
+``amqp.py`` (RabbitMQ, with publisher confirms) and ``memory.py`` (the embedded mode).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def transport_kind(broker_url: str) -> str:
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("amqp", "pyamqp", "amqps", "pyamqps"):
         return "amqp"
+    if scheme == "memory":
+        return "memory"
     raise ConfigurationError(
-        f"broker URL scheme {scheme or url!r} is not supported: tcelery_req_handler "
-        "publishes over AMQP, use amqp://, pyamqp:// or amqps://")
+        f"broker URL scheme {scheme or url!r} is not supported: use amqp://, pyamqp:// or "
+        "amqps:// (RabbitMQ), or memory:// (the embedded mode: a worker in this process)")

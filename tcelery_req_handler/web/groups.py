@@ -26,6 +26,8 @@ from .responses import error_response
 from .status import _StatusBase, check_task_id
 
 DEFAULT_MAX_GROUP_SIZE = 1000
+#: The cache fillers running (held so they are not collected half-way).
+_FILLING: set[asyncio.Task[None]] = set()
 
 
 def group_members(body: Mapping[str, Any], limit: int) -> list[tuple[tuple[Any, ...],
@@ -92,9 +94,11 @@ class GroupSubmitHandler(TCeleryBaseHandler):
         group = await producer.apply_group(spec.task or spec.name, members, known=known,
                                            **self.task_handler.options(spec))
         if self.cache is not None and len(known) < len(members):
-            asyncio.get_running_loop().create_task(
+            filling = asyncio.get_running_loop().create_task(
                 _fill_cache(self.cache, producer.require_results("cache="), spec.name,
                             members, group, self.timeout))
+            _FILLING.add(filling)
+            filling.add_done_callback(_FILLING.discard)
         self.set_header("Location", self.reverse_url(self.group_route, group.group_id))
         self.write_json(self.submitted_json({"group_id": group.group_id,
                                              "task_ids": group.task_ids}), 202)
