@@ -9,14 +9,31 @@ the cache. Backends that cannot hold it are refused when the route is built.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kombu.utils import json as kombu_json
 
 from .backends import ResultSource
+
+#: Cache commands in flight at once on one result source. Its Redis client pools a bounded
+#: number of connections (redis-py: 100, one of them held by the pub/sub reader) and fails a
+#: command past them (MaxConnectionsError): a group's lookups, one per member, would take
+#: them all at once and answer 503 from about 100 members on.
+MAX_IN_FLIGHT = 32
+_in_flight: weakref.WeakKeyDictionary[ResultSource, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary())
+
+
+def _slot(source: ResultSource) -> asyncio.Semaphore:
+    slot = _in_flight.get(source)
+    if slot is None:
+        slot = _in_flight[source] = asyncio.Semaphore(MAX_IN_FLIGHT)
+    return slot
 
 
 class ResultCache:
@@ -36,12 +53,14 @@ class ResultCache:
     async def get(self, source: ResultSource, name: str, args: Sequence[Any],
                   kwargs: Mapping[str, Any]) -> tuple[bool, Any]:
         """``(True, value)`` on a hit, ``(False, None)`` on a miss."""
-        payload = await source.cache_get(self.key(name, args, kwargs))
+        async with _slot(source):
+            payload = await source.cache_get(self.key(name, args, kwargs))
         if payload is None:
             return False, None
         return True, kombu_json.loads(payload)
 
     async def put(self, source: ResultSource, name: str, args: Sequence[Any],
                   kwargs: Mapping[str, Any], value: Any) -> None:
-        await source.cache_set(self.key(name, args, kwargs),
-                               kombu_json.dumps(value).encode(), self.ttl)
+        async with _slot(source):
+            await source.cache_set(self.key(name, args, kwargs),
+                                   kombu_json.dumps(value).encode(), self.ttl)

@@ -34,6 +34,11 @@ from ..errors import BrokerUnavailable, ConfigurationError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: The embedded mode's result backend (``backends/memory.py``), by Celery's dotted path.
+EMBEDDED_BACKEND = f"{__name__}.memory:EmbeddedBackend"
+#: Schemes whose backends can hold the ``cache=`` option's results.
+CACHE_SCHEMES = frozenset({"redis", "rediss", "embedded"})
+
 if TYPE_CHECKING:
     from celery import Celery
 
@@ -174,10 +179,12 @@ class ResultSource(abc.ABC):
 
 def backend_scheme(app: Celery) -> str:
     """The scheme of ``app.conf.result_backend`` (``"rpc"``, ``"redis"``, ``"db+sqlite"``,
-    ``"django-db"``, ...), or ``""`` when the app keeps no results."""
+    ``"django-db"``, ``"embedded"``, ...), or ``""`` when the app keeps no results."""
     backend = app.conf.result_backend
     if not backend or backend == "disabled":
         return ""
+    if backend == EMBEDDED_BACKEND:
+        return "embedded"
     if not isinstance(backend, str):  # a backend class
         return getattr(backend, "__name__", "custom").lower()
     return backend.split("://", 1)[0].lower() if "://" in backend else backend.lower()

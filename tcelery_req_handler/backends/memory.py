@@ -20,9 +20,9 @@ from celery import Celery
 from celery.backends.base import KeyValueStoreBackend
 
 from ..results import ResultRegistry, TaskResult
-from . import ResultSource, plain_meta
+from . import EMBEDDED_BACKEND, ResultSource, plain_meta
 
-BACKEND = f"{__name__}:EmbeddedBackend"
+BACKEND = EMBEDDED_BACKEND
 
 #: key -> (expires at, value); shared by every thread's backend instance.
 _STORE: dict[bytes, tuple[float, Any]] = {}

@@ -19,7 +19,7 @@ from celery.canvas import Signature
 from tornado.routing import Rule, URLSpec
 from tornado.web import RequestHandler
 
-from ..backends import backend_scheme
+from ..backends import CACHE_SCHEMES, backend_scheme
 from ..cache import ResultCache
 from ..errors import ConfigurationError
 from ..messages import check_options
@@ -126,7 +126,6 @@ def _require_backend(what: str, specs: Iterable[TaskSpec], producer: Producer | 
 
 #: What to use instead of rpc:// for groups: every persistent backend keeps them.
 _GROUP_BACKENDS = "use redis://, rediss:// or a database backend (db+..., django-db)"
-_CACHE_SCHEMES = frozenset({"redis", "rediss"})
 
 
 def _common_options(base: type[TCeleryBaseHandler], uri_path: str,
@@ -160,8 +159,9 @@ def _common_options(base: type[TCeleryBaseHandler], uri_path: str,
             raise ConfigurationError("cache= applies to routes that wait for results, not to "
                                      "fire-and-forget routes")
         cache = ResultCache(_check_timeout("cache", cache))
-        _require_backend("cache=", all_specs, producer, schemes=_CACHE_SCHEMES,
-                         refused="the cache is kept in Redis: use redis:// or rediss://")
+        _require_backend("cache=", all_specs, producer, schemes=CACHE_SCHEMES,
+                         refused="the cache is kept in Redis: use redis:// or rediss:// (or "
+                                 "the embedded mode)")
     return name, {
         "uri_path": uri_path, "timeout": timeout, "max_body_size": max_body_size,
         "task_options": options, "producer": producer, "error_statuses": error_statuses,
