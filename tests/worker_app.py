@@ -12,18 +12,35 @@ from celery.signals import worker_ready
 
 PREFIX = os.environ.get("TCELERY_TEST_PREFIX", "tcelery-test")
 BROKER_URL = os.environ.get("TCELERY_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
+#: The result backend (``rpc://`` unless a test starts a worker for another one) and, for
+#: Redis, the ``global_keyprefix`` that keeps a run's keys apart from any other run's.
+RESULT_BACKEND = os.environ.get("TCELERY_TEST_RESULT_BACKEND", "rpc://")
+RESULT_KEYPREFIX = os.environ.get("TCELERY_TEST_RESULT_KEYPREFIX", "")
 DEFAULT_QUEUE = f"{PREFIX}.default"
 OTHER_QUEUE = f"{PREFIX}.other"
 
-app = Celery("tcelery_tests", broker=BROKER_URL, backend="rpc://")
-app.conf.update(
-    task_default_queue=DEFAULT_QUEUE,
-    task_track_started=True,
-    task_routes={"tests.worker_app.where_am_i_routed": {"queue": OTHER_QUEUE}},
-    broker_connection_retry_on_startup=True,
-    worker_hijack_root_logger=False,
-    result_expires=None,
-)
+
+def make_app(prefix: str = PREFIX, backend: str = RESULT_BACKEND,
+             keyprefix: str = RESULT_KEYPREFIX, *, current: bool = False) -> Celery:
+    """The workers' app configuration, for any queue prefix and result backend: the tests
+    build the producer side of a worker started with other ``TCELERY_TEST_*`` values with
+    it (and send its tasks by name)."""
+    celery_app = Celery("tcelery_tests", broker=BROKER_URL, backend=backend,
+                        set_as_current=current)
+    celery_app.conf.update(
+        task_default_queue=f"{prefix}.default",
+        task_track_started=True,
+        task_routes={"tests.worker_app.where_am_i_routed": {"queue": f"{prefix}.other"}},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        result_expires=None,
+    )
+    if keyprefix:
+        celery_app.conf.result_backend_transport_options = {"global_keyprefix": keyprefix}
+    return celery_app
+
+
+app = make_app(current=True)
 
 
 @worker_ready.connect
