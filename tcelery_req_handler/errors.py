@@ -87,12 +87,15 @@ class BrokerError(TCeleryError):
 class BrokerUnavailable(BrokerError):
     """No usable broker connection right now, or the broker blocked publishing.
 
-    Safe to retry later. ``retry_after`` is a hint in seconds.
+    Safe to retry later. ``retry_after`` is a hint in seconds. ``service`` names what is
+    down: ``"broker"`` or ``"result backend"`` (both answer the same 503).
     """
 
-    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+    def __init__(self, message: str, *, retry_after: float = 1.0,
+                 service: str = "broker") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.service = service
 
 
 class PublishError(BrokerError):
@@ -136,7 +139,7 @@ class Overloaded(BrokerUnavailable):
     bounded by it. Retry after ``retry_after`` seconds, as for any BrokerUnavailable."""
 
     def __init__(self, message: str, *, retry_after: float = 1.0, limit: int = 0) -> None:
-        super().__init__(message, retry_after=retry_after)
+        super().__init__(message, retry_after=retry_after, service="producer")
         self.limit = limit
 
 

@@ -238,14 +238,14 @@ class Producer:
         if reply:
             assert source is not None
             result = self.results.register(task_id)
-            if source.watches:
-                await source.watch(result)  # subscribed before the task can run
         else:
             result = TaskResult(task_id, tracked=False)
         if recorded:
             assert source is not None
             source.record(task_id)
         try:
+            if reply and source is not None and source.watches:
+                await source.watch(result)  # subscribed before the task can run
             await self.transport.publish(message, self.publish_timeout)
         except BaseException:
             if reply:

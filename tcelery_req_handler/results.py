@@ -123,8 +123,8 @@ class TaskResult:
         return None
 
     def _outcome(self, propagate: bool) -> Any:
-        if self._error is not None:
-            raise self._error
+        if self._error is not None:  # raised afresh: each caller's frames are its own
+            raise self._error.with_traceback(None)
         if propagate and (error := self.exception()) is not None:
             raise error
         return self.result

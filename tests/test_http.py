@@ -236,9 +236,9 @@ async def test_broker_unavailable_is_a_503_with_retry_after(workers: object) -> 
     srv = Server(tcelery_routes("/add/(\\d+)/(\\d+)", get_tasks=[w.add], producer=down)
                  + tcelery_async_routes("/fire", post_tasks=[w.add], producer=down))
     try:
-        for path, method in (("/add/1/2", "GET"), ("/fire", "POST")):
+        for path, method, body in (("/add/1/2", "GET", None), ("/fire", "POST", "x=1&y=2")):
             started = time.monotonic()
-            response = await srv.fetch(path, method)
+            response = await srv.fetch(path, method, body)
             assert time.monotonic() - started < 3
             body = error_of(response, 503)
             assert body["error"]["type"] == "BrokerUnavailable"
@@ -283,10 +283,16 @@ async def test_a_request_one_task_refuses_sends_none_of_them(server: Server,
 
 
 async def test_verb_without_tasks_is_a_405_with_allow(server: Server) -> None:
-    for method in ("POST", "PATCH", "HEAD", "OPTIONS"):
+    for method in ("POST", "PATCH"):
         response = await server.fetch("/add/1/2", method)
         assert response.code == 405, method
         assert response.headers["Allow"] == "GET"
+    head = await server.fetch("/add/1/2", "HEAD")  # the GET, without its body
+    assert head.code == 200 and head.body == b""
+    options = await server.fetch("/add/1/2", "OPTIONS")
+    assert options.code == 204 and options.headers["Allow"] == "GET, HEAD, OPTIONS"
+    assert (await server.fetch("/fail", "OPTIONS")).headers["Allow"] == \
+        "GET, POST, HEAD, OPTIONS"
     assert error_of(await server.fetch("/fail", "DELETE"), 405)["error"]["allowed"] == [
         "GET", "POST"]
     response = await server.fetch("/fail", "BREW")

@@ -139,7 +139,8 @@ class ResultSource(abc.ABC):
         except Exception as exc:
             log.warning("result backend %s failed: %r", self.backend_name, exc)
             raise BrokerUnavailable(f"result backend {self.backend_name} unavailable "
-                                    f"({type(exc).__name__})") from None
+                                    f"({type(exc).__name__})",
+                                    service="result backend") from None
 
     def _save_group(self, group_id: str, task_ids: list[str]) -> None:
         app = self.app

@@ -111,7 +111,7 @@ class RedisSource(ResultSource):
             except TimeoutError:
                 raise BrokerUnavailable(
                     f"result backend {self.backend_name} did not confirm a subscription "
-                    f"within {self.connect_timeout:g}s") from None
+                    f"within {self.connect_timeout:g}s", service="result backend") from None
         except BaseException:
             self.unwatch(result.task_id)
             raise
@@ -225,7 +225,8 @@ class RedisSource(ResultSource):
             await wait_bounded(self._up, self.connect_timeout + 0.5)
         except TimeoutError:
             raise BrokerUnavailable(f"timed out connecting to the result backend "
-                                    f"{self.backend_name}") from None
+                                    f"{self.backend_name}",
+                                    service="result backend") from None
 
     async def _supervise(self) -> None:
         attempt = 0
@@ -304,7 +305,8 @@ class RedisSource(ResultSource):
         while pending:
             message = await self._pubsub.get_message(timeout=self.connect_timeout)
             if message is None:
-                raise BrokerUnavailable("no subscription confirmation from the result backend")
+                raise BrokerUnavailable("no subscription confirmation from the result "
+                                        "backend", service="result backend")
             if message["type"] == "message":
                 found.append((message["channel"], message["data"]))
             else:
@@ -326,7 +328,8 @@ class RedisSource(ResultSource):
             if message is None:
                 silent += 1
                 if silent >= 2:
-                    raise BrokerUnavailable("the result backend stopped answering")
+                    raise BrokerUnavailable("the result backend stopped answering",
+                                            service="result backend")
                 await self._pubsub.ping()
                 continue
             silent = 0
@@ -431,7 +434,8 @@ class RedisSource(ResultSource):
             return exc
         log.debug("result backend error", exc_info=exc)
         return BrokerUnavailable(f"result backend {self.backend_name} unavailable "
-                                 f"({type(exc).__name__}); reconnecting")
+                                 f"({type(exc).__name__}); reconnecting",
+                                 service="result backend")
 
 
 def _ssl_options(app: Celery) -> dict[str, Any]:
@@ -443,7 +447,8 @@ def _fresh(error: BrokerUnavailable) -> BrokerUnavailable:
     """A new exception like ``error``, for each caller: raising one shared instance again
     and again chains every raiser's frames onto its traceback, and the outage (which holds
     it) would keep every refused request and aborted wait alive until the backend is back."""
-    return BrokerUnavailable(str(error), retry_after=error.retry_after)
+    return BrokerUnavailable(str(error), retry_after=error.retry_after,
+                             service=error.service)
 
 
 def _fail(fut: asyncio.Future[Any], error: BaseException) -> None:

@@ -28,6 +28,7 @@ from queue import Empty
 from typing import Any
 
 from celery import Celery, signals
+from celery import _state as celery_state
 from celery.worker import state as worker_state
 from kombu import Connection, Exchange
 from kombu import Producer as KombuProducer
@@ -106,7 +107,8 @@ def embed(app: Celery) -> None:
     from ..backends.memory import BACKEND
 
     app.conf.update(
-        broker_url="memory://", broker_transport=TRANSPORT, result_backend=BACKEND,
+        # a host in the URL: kombu warns "No hostname was supplied" at each start without
+        broker_url="memory://localhost//", broker_transport=TRANSPORT, result_backend=BACKEND,
         broker_heartbeat=0, worker_hijack_root_logger=False,
     )
     # ``app.backend`` is built once per thread: drop one built before the switch.
@@ -140,6 +142,7 @@ class MemoryTransport(Transport):
         self._closed = False
         self._idle_waiters: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._previous_default_app: Celery | None = None
 
     @property
     def connected(self) -> bool:
@@ -183,7 +186,8 @@ class MemoryTransport(Transport):
         # The pool's threads run tasks through Celery's *default* app (``current_app`` is
         # per thread): make it this one, as ``celery.contrib.testing`` does.
         app.set_current()
-        app.set_default()
+        self._previous_default_app = celery_state.default_app
+        app.set_default()  # given back when the worker stops
         signals.task_postrun.connect(self._on_task_done, weak=False)
         signals.task_revoked.connect(self._on_task_done, weak=False)
         self._connection = Connection(hostname="localhost", transport=TRANSPORT)
@@ -230,10 +234,34 @@ class MemoryTransport(Transport):
                 loop.call_soon_threadsafe(self._check_idle)
 
     def idle(self) -> bool:
-        """No message queued, none reserved, none running."""
+        """No message queued for the worker, none it holds unacked (a countdown waiting in
+        its timer, a message not yet started), none reserved, none running."""
         queues = memory.Channel.queues
-        return not any(q.qsize() for q in list(queues.values())) and \
+        # Only the worker's own queues: kombu's queues are process-wide, and those of other
+        # queues (say, the pidbox of a worker that stopped) are nobody's work to wait for.
+        names = self._consumed_queues()
+        return not any(queues[name].qsize() for name in names if name in queues) and \
+            not self._unacked() and \
             not worker_state.active_requests and not worker_state.reserved_requests
+
+    def _consumed_queues(self) -> list[str]:
+        consumer = getattr(getattr(self._worker, "consumer", None), "task_consumer", None)
+        queues = getattr(consumer, "queues", None)
+        if queues is None:
+            queues = list(self.app.amqp.queues.consume_from.values())
+        return [queue.name for queue in list(queues)]
+
+    def _unacked(self) -> int:
+        """Task messages the worker received and has not acked yet: an ETA (countdown) task
+        sits in the worker's timer unacked, and in no queue nor Celery's reserved set."""
+        connection = getattr(getattr(self._worker, "consumer", None), "connection", None)
+        transport = getattr(connection, "_transport", None)
+        count = 0
+        for channel in list(getattr(transport, "channels", None) or ()):
+            qos = getattr(channel, "_qos", None)
+            if qos is not None:
+                count += len(qos._delivered) - len(qos._dirty)
+        return count
 
     async def wait_idle(self, timeout: float) -> None:
         """Wait until every queued task has run (TimeoutError after ``timeout``)."""
@@ -268,7 +296,20 @@ class MemoryTransport(Transport):
         if worker is not None and thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._stop, worker, thread)
         if self._connection is not None:
+            if worker is not None:
+                self._drop_pidbox(worker)
             self._connection.release()
+
+    def _drop_pidbox(self, worker: Any) -> None:
+        """Delete the stopped worker's control queue: kombu's memory broker is
+        process-wide, and every later revoke would otherwise pile up in it, forever."""
+        with contextlib.suppress(Exception):
+            channel = self._connection.default_channel
+            name = self.app.control.mailbox.get_queue(worker.hostname).name
+            for exchange, routing_key, arguments in list(channel.state.queue_bindings(name)):
+                channel.queue_unbind(name, exchange, routing_key, arguments)
+            channel.queue_delete(name)
+            memory.Channel.queues.pop(name, None)
 
     def _stop(self, worker: Any, thread: threading.Thread) -> None:
         worker.stop(in_sighandler=False, exitcode=0)
@@ -276,4 +317,6 @@ class MemoryTransport(Transport):
         thread.join(self.stop_timeout)
         if thread.is_alive():
             log.warning("the embedded worker did not stop within %gs", self.stop_timeout)
+        if celery_state.default_app is self.app:  # the embedded app stops being the default
+            celery_state.default_app = self._previous_default_app
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import Any
+from typing import Any, ClassVar
 
 from tornado.web import HTTPError, RequestHandler
 
@@ -18,10 +18,51 @@ DEFAULT_TIMEOUT = 30.0
 
 
 class JSONErrorsMixin(RequestHandler):
-    """Errors as JSON ``{"error": {...}}``; tracebacks only when the app runs with debug."""
+    """Errors as JSON ``{"error": {...}}``; tracebacks only when the app runs with debug.
+
+    Also what every route answers alike: ``HEAD`` where ``GET`` is allowed (the GET without
+    its body, as Tornado does), ``OPTIONS`` (204 with ``Allow``), and CORS for the origins in
+    ``cors_origins`` (the routes' ``cors=`` option; ``"*"`` allows any).
+    """
+
+    cors_origins: ClassVar[frozenset[str] | None] = None
+    #: Whether HEAD runs GET here (not on event streams, which would never end).
+    head_runs_get: ClassVar[bool] = True
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
+        origins = self.cors_origins
+        if origins is not None:
+            origin = self.request.headers.get("Origin")
+            if origin is not None and ("*" in origins or origin in origins):
+                self.set_header("Access-Control-Allow-Origin", origin)
+                self.set_header("Access-Control-Expose-Headers",
+                                "Location, Retry-After, X-Cache")
+                self.set_header("Vary", "Origin")
+
+    def method_allowed(self, method: str) -> bool:
+        """True for the route's verbs, HEAD where GET runs, and OPTIONS."""
+        allowed = self.allowed_methods()
+        return method in allowed or method == "OPTIONS" or (
+            method == "HEAD" and self.head_runs_get and "GET" in allowed)
+
+    def head(self, *args: Any, **kwargs: Any) -> Any:
+        return self.get(*args, **kwargs)
+
+    def options(self, *args: Any, **kwargs: Any) -> None:
+        """204 with ``Allow`` (and, for an allowed origin, the CORS preflight answer)."""
+        allowed = self.allowed_methods()
+        verbs = [*allowed, *(["HEAD"] if self.head_runs_get and "GET" in allowed else []),
+                 "OPTIONS"]
+        self.set_header("Allow", ", ".join(verbs))
+        if self.cors_origins is not None and "Access-Control-Allow-Origin" in self._headers:
+            self.set_header("Access-Control-Allow-Methods", ", ".join(verbs))
+            requested = self.request.headers.get("Access-Control-Request-Headers")
+            self.set_header("Access-Control-Allow-Headers", requested or "Content-Type")
+            self.set_header("Access-Control-Max-Age", "600")
+        self.clear_header("Content-Type")
+        self.set_status(204)
+        self.finish()
 
     def compute_etag(self) -> None:
         return None  # task results are not cacheable; skip hashing every body

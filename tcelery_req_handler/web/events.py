@@ -40,6 +40,7 @@ class EventStreamHandler(JSONErrorsMixin):
 
     stream_timeout: ClassVar[float] = DEFAULT_STREAM_TIMEOUT
     heartbeat: ClassVar[float] = HEARTBEAT
+    head_runs_get: ClassVar[bool] = False
 
     def initialize(self) -> None:
         self._gone: asyncio.Future[None] | None = None

@@ -96,7 +96,7 @@ class GroupSubmitHandler(TCeleryBaseHandler):
         if self.cache is not None and len(known) < len(members):
             filling = asyncio.get_running_loop().create_task(
                 _fill_cache(self.cache, producer.require_results("cache="), spec.name,
-                            members, group, self.timeout))
+                            members, group, self.timeout, known))
             _FILLING.add(filling)
             filling.add_done_callback(_FILLING.discard)
         self.set_header("Location", self.reverse_url(self.group_route, group.group_id))
@@ -110,13 +110,15 @@ class GroupSubmitHandler(TCeleryBaseHandler):
 
 async def _fill_cache(cache: Any, source: Any, name: str,
                       members: Sequence[tuple[Sequence[Any], Mapping[str, Any]]],
-                      group: TaskGroup, timeout: float) -> None:
-    """Cache each member's SUCCESS as it arrives (within the route's timeout)."""
+                      group: TaskGroup, timeout: float, known: Mapping[int, Any]) -> None:
+    """Cache each member's SUCCESS as it arrives (within the route's timeout); the members
+    that came from the cache (``known``) are not stored again. A member may already be
+    ready here (it ran before the last member's confirm came): it is cached too."""
 
     async def one(index: int) -> None:
-        result = group.results[index]
-        if result.ready():
+        if index in known:
             return
+        result = group.results[index]
         try:
             await result.get(timeout=timeout, propagate=False)
         except TCeleryError:
@@ -150,7 +152,7 @@ class GroupStatusHandler(_GroupBase):
         return ["GET", "DELETE"]
 
     def prepare(self) -> None:
-        if self.request.method not in ("GET", "DELETE"):
+        if not self.method_allowed(self.request.method or ""):
             raise HTTPError(405, f"{self.request.method} is not allowed on a group")
 
     async def get(self, group_id: str) -> None:
@@ -187,7 +189,7 @@ class GroupEventsHandler(_GroupBase, EventStreamHandler):
         return ["GET"]
 
     def prepare(self) -> None:
-        if self.request.method != "GET":
+        if not self.method_allowed(self.request.method or ""):
             raise HTTPError(405, f"{self.request.method} is not allowed on an event stream")
 
     async def get(self, group_id: str) -> None:

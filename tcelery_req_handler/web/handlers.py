@@ -8,15 +8,18 @@ decided in one place, :func:`tcelery_req_handler.responses.error_response`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from tornado import httputil
 from tornado.web import HTTPError, stream_request_body
 
 from ..cache import ResultCache
-from ..errors import RequestError, TaskFailed, TCeleryError
+from ..errors import RequestError, TaskFailed, TaskTimeout, TCeleryError
 from ..producer import Producer, get_producer
 from ..results import TaskResult
 from .arguments import request_arguments
@@ -27,6 +30,18 @@ from .status import status_url
 log = logging.getLogger(__name__)
 
 VERBS = ("get", "post", "put", "delete")
+_ARGUMENT = re.compile(r"argument:? '([^']+)'")
+_OVERRIDES: dict[tuple[type, str], bool] = {}
+
+
+def _overrides(cls: type, method: str) -> bool:
+    """True when ``cls`` (a user's handler) defines its own ``method`` (once per class)."""
+    key = (cls, method)
+    found = _OVERRIDES.get(key)
+    if found is None:
+        found = _OVERRIDES[key] = getattr(cls, method, None) is not getattr(
+            TCeleryBaseHandler, method, None)
+    return found
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
 
 
@@ -68,10 +83,27 @@ class TaskHandler:
                                argument=fixed[0])
         return {**spec.kwargs, **kwargs}
 
-    def check(self, specs: Sequence[TaskSpec], kwargs: Mapping[str, Any]) -> None:
+    def check(self, specs: Sequence[TaskSpec], args: Sequence[Any],
+              kwargs: Mapping[str, Any]) -> None:
         """Refuse a request that one of several tasks would refuse, before any is sent."""
         for spec in specs:
-            self.task_kwargs(spec, kwargs)
+            self.check_signature(spec, (*spec.args, *args), self.task_kwargs(spec, kwargs))
+
+    def check_signature(self, spec: TaskSpec, args: Sequence[Any],
+                        kwargs: Mapping[str, Any]) -> None:
+        """A 400 naming the argument when the task (known in this process) cannot take these
+        arguments: a missing one, or one it has no parameter for. Nothing is sent."""
+        task = spec.task or self.handler.the_producer().app._tasks.get(spec.name)
+        header = getattr(task, "__header__", None) if getattr(task, "typing", True) else None
+        if header is None:
+            return
+        try:
+            header(*args, **kwargs)
+        except TypeError as exc:
+            named = _ARGUMENT.search(str(exc))
+            raise RequestError(400, f"task {spec.name} cannot take these arguments: "
+                                    f"{_without_function(str(exc))}",
+                               **({"argument": named.group(1)} if named else {})) from None
 
     def options(self, spec: TaskSpec) -> Mapping[str, Any]:
         """The ``apply_async`` options of one task: the route's, then the spec's."""
@@ -83,16 +115,32 @@ class TaskHandler:
         """Publish one task: the spec's partial args first, its fixed kwargs protected."""
         handler = self.handler
         kwargs = self.task_kwargs(spec, kwargs)
+        full_args = (*spec.args, *args)
+        self.check_signature(spec, full_args, kwargs)
+        options = self.options(spec)
+        if reply and handler.revoke_on_timeout and "expires" not in options:
+            options = {**options, "expires": handler.timeout}
         return await handler.the_producer().apply_async(
-            spec.task or spec.name, (*spec.args, *args), kwargs, reply=reply,
-            record=handler.status_url is not None, **self.options(spec))
+            spec.task or spec.name, full_args, kwargs, reply=reply,
+            record=handler.status_url is not None, **options)
+
+    async def wait(self, result: TaskResult) -> None:
+        """Wait for a ready state within the route's timeout; with ``revoke_on_timeout``, a
+        task still running at the timeout is revoked (and terminated) before the 504."""
+        try:
+            await result.get(timeout=self.handler.timeout, propagate=False)
+        except TaskTimeout:
+            if self.handler.revoke_on_timeout:
+                with contextlib.suppress(TCeleryError):
+                    await self.handler.the_producer().revoke(result.task_id, terminate=True)
+            raise
 
     async def one(self, verb: str, index: int, /, *args: Any, **kwargs: Any) -> TaskResult:
         spec = self.tasks(verb)[index]
         cache = self.handler.cache
         if cache is None:
             result = await self.send(spec, args, kwargs, reply=True)
-            await result.get(timeout=self.handler.timeout, propagate=False)
+            await self.wait(result)
             return result
         source = self.handler.the_producer().require_results("cache=")
         full_args, full_kwargs = (*spec.args, *args), self.task_kwargs(spec, kwargs)
@@ -101,7 +149,7 @@ class TaskHandler:
         if hit:
             return TaskResult.known(value)
         result = await self.send(spec, args, kwargs, reply=True)
-        await result.get(timeout=self.handler.timeout, propagate=False)
+        await self.wait(result)
         if result.successful():
             await cache.put(source, spec.name, full_args, full_kwargs, result.result)
         return result
@@ -110,14 +158,14 @@ class TaskHandler:
         specs = self.tasks(verb)
         if len(specs) == 1:
             return [await self.one(verb, 0, *args, **kwargs)]
-        self.check(specs, kwargs)
+        self.check(specs, args, kwargs)
         return await _gather([self.one(verb, i, *args, **kwargs) for i in range(len(specs))])
 
     async def fire(self, verb: str, /, *args: Any, **kwargs: Any) -> list[str]:
         specs = self.tasks(verb)
         if len(specs) == 1:
             return [(await self.send(specs[0], args, kwargs, reply=False)).task_id]
-        self.check(specs, kwargs)
+        self.check(specs, args, kwargs)
         sent = await _gather([self.send(spec, args, kwargs, reply=False) for spec in specs])
         return [result.task_id for result in sent]
 
@@ -156,6 +204,12 @@ class TaskHandler:
 
     async def delete_async(self, /, *args: Any, **kwargs: Any) -> list[str]:
         return await self.fire("delete", *args, **kwargs)
+
+
+def _without_function(message: str) -> str:
+    """``add() missing 1 required ...`` → ``missing 1 required ...``."""
+    head, sep, rest = message.partition("() ")
+    return rest if sep and head.isidentifier() else message
 
 
 async def _gather(coros: list[Any]) -> list[Any]:
@@ -200,6 +254,7 @@ class TCeleryBaseHandler(JSONErrorsMixin):
     producer: ClassVar[Producer | None] = None
     error_statuses: ClassVar[Mapping[str, int]] = {}
     cache: ClassVar[ResultCache | None] = None
+    revoke_on_timeout: ClassVar[bool] = False
 
     def initialize(self) -> None:
         self.task_handler = TaskHandler(self)
@@ -223,12 +278,34 @@ class TCeleryBaseHandler(JSONErrorsMixin):
 
     def prepare(self) -> None:
         method = self.request.method or ""
-        if method not in self.allowed_methods():
+        if not self.method_allowed(method):
             raise HTTPError(405, f"{method} is not mapped to any task on this route")
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.max_body_size:
             raise RequestError(413, f"request body of {length} bytes exceeds the limit of "
                                     f"{self.max_body_size} bytes", limit=self.max_body_size)
+        if _overrides(type(self), method.lower()):
+            # A custom verb method reads self.request as in any Tornado handler: fill its
+            # body and body arguments once the (streamed) body is in.
+            arrived = getattr(self.request, "_body_future", None)
+            if arrived is not None:
+                arrived.add_done_callback(self._fill_request)
+
+    def _fill_request(self, _arrived: Any) -> None:
+        """Give ``self.request`` the body and body arguments Tornado leaves empty for a
+        streaming handler (``get_body_argument()`` works in a custom handler)."""
+        if self._body_size > self.max_body_size:
+            return
+        request = self.request
+        request.body = self.body
+        try:
+            httputil.parse_body_arguments(request.headers.get("Content-Type", ""),
+                                          request.body, request.body_arguments,
+                                          request.files, request.headers)
+        except httputil.HTTPInputError:
+            return  # request_arguments() answers it with a precise 400
+        for name, values in request.body_arguments.items():
+            request.arguments.setdefault(name, []).extend(values)
 
     def data_received(self, chunk: bytes) -> None:
         self._body_size += len(chunk)

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..errors import (
     BrokerUnavailable,
+    Overloaded,
     PublishError,
     RequestError,
     ResultDecodeError,
@@ -71,7 +72,10 @@ def error_response(error: BaseException, *, debug: bool = False
         return 504, {}, error_body(name, str(error), task_id=error.task_id, state=error.state)
     if isinstance(error, BrokerUnavailable):
         retry_after = str(max(1, math.ceil(error.retry_after)))
-        return 503, {"Retry-After": retry_after}, error_body(name, str(error))
+        # Our own words only: the cause (a pika or redis-py exception) goes to the log.
+        message = str(error) if isinstance(error, Overloaded) else \
+            f"the {error.service} is unavailable; retry in {retry_after} s"
+        return 503, {"Retry-After": retry_after}, error_body(name, message)
     if isinstance(error, (PublishError, ResultDecodeError)):
         return 502, {}, error_body(name, str(error),
                                    task_id=getattr(error, "task_id", None))

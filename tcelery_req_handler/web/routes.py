@@ -92,6 +92,18 @@ def _check_timeout(name: str, value: Any) -> float:
     return float(value)
 
 
+def _check_cors(value: Any) -> frozenset[str] | None:
+    """``cors=``: None, ``"*"``, one origin or a list of them (``https://host[:port]``)."""
+    if value is None:
+        return None
+    origins = [value] if isinstance(value, str) else value
+    if not isinstance(origins, (list, tuple, set, frozenset)) or not origins or not all(
+            isinstance(o, str) and (o == "*" or "://" in o) for o in origins):
+        raise ConfigurationError(f"cors must be '*', an origin such as "
+                                 f"'https://app.example.com', or a list of them, not {value!r}")
+    return frozenset(o.rstrip("/") for o in origins)
+
+
 def _check_producer(producer: Any) -> Producer | None:
     if producer is not None and not isinstance(producer, Producer):
         raise ConfigurationError(f"producer must be a Producer, not {producer!r}")
@@ -141,6 +153,13 @@ def _common_options(base: type[TCeleryBaseHandler], uri_path: str,
     producer = _check_producer(options.pop("producer", None))
     error_statuses = dict(options.pop("error_statuses", None) or {})
     cache = options.pop("cache", None)
+    cors = _check_cors(options.pop("cors", None))
+    revoke_on_timeout = options.pop("revoke_on_timeout", False)
+    if not isinstance(revoke_on_timeout, bool):
+        raise ConfigurationError(f"revoke_on_timeout must be True or False, not "
+                                 f"{revoke_on_timeout!r}")
+    if revoke_on_timeout and base is TCeleryAsyncHandler:
+        raise ConfigurationError("revoke_on_timeout applies to routes that wait for results")
     check_options(options)
     for exc_type, status in error_statuses.items():
         if not isinstance(exc_type, str) or not isinstance(status, int) \
@@ -165,7 +184,8 @@ def _common_options(base: type[TCeleryBaseHandler], uri_path: str,
     return name, {
         "uri_path": uri_path, "timeout": timeout, "max_body_size": max_body_size,
         "task_options": options, "producer": producer, "error_statuses": error_statuses,
-        "cache": cache, **{f"{verb}_tasks": verb_specs for verb, verb_specs in specs.items()},
+        "cache": cache, "cors_origins": cors, "revoke_on_timeout": revoke_on_timeout,
+        **{f"{verb}_tasks": verb_specs for verb, verb_specs in specs.items()},
     }
 
 
@@ -185,7 +205,10 @@ def tcelery_routes(uri_path: str, get_tasks: Any = (), post_tasks: Any = (),
     (seconds to wait, default 30), ``name`` (for ``reverse_url``), ``max_body_size`` (bytes,
     default 1 MiB), ``producer`` (default: the one from ``setup_nonblocking_producer``),
     ``error_statuses`` (e.g. ``{"UserNotFound": 404}``: the status for a task that raised that
-    exception type, instead of 500), and any ``apply_async`` option (``queue``, ``priority``,
+    exception type, instead of 500), ``cache`` (seconds a SUCCESS is served again for the same
+    input), ``revoke_on_timeout`` (a task that has not finished at the timeout is not left to
+    run: sent with ``expires``, revoked on the 504), ``cors`` (origins allowed to call the
+    route from a browser), and any ``apply_async`` option (``queue``, ``priority``,
     ``expires``, ``countdown``, ...).
     """
     tasks = {"get": get_tasks, "post": post_tasks, "put": put_tasks, "delete": delete_tasks}
@@ -207,7 +230,7 @@ def tcelery_status_routes(prefix: str = "/tasks", handler: Any = None,
     {prefix}/<id>/events`` (Server-Sent Events) and ``DELETE {prefix}/<id>`` (revoke).
 
     Options: ``timeout`` (the longest ``?wait``, default 30 s), ``stream_timeout`` (the
-    longest event stream, default 3600 s), ``producer``. ``handler`` is a mixin (or a
+    longest event stream, default 3600 s), ``producer``, ``cors``. ``handler`` is a mixin (or a
     RequestHandler subclass, e.g. the app's login base) put before both handlers.
     """
     if not isinstance(prefix, str) or not prefix.startswith("/"):
@@ -216,12 +239,14 @@ def tcelery_status_routes(prefix: str = "/tasks", handler: Any = None,
     stream_timeout = _check_timeout("stream_timeout",
                                     options.pop("stream_timeout", DEFAULT_STREAM_TIMEOUT))
     producer = _check_producer(options.pop("producer", None))
+    cors = _check_cors(options.pop("cors", None))
     if options:
         raise TypeError(f"unsupported status route option {sorted(options)[0]!r}")
     if producer is not None:
         producer.require_results("status routes")
     base = prefix.rstrip("/")
-    members = {"producer": producer, "timeout": timeout, "stream_timeout": stream_timeout}
+    members = {"producer": producer, "timeout": timeout, "stream_timeout": stream_timeout,
+               "cors_origins": cors}
     return [
         URLSpec(rf"{base}/([^/]+)/events",
                 _handler_class(TaskEventsHandler, handler, f"{base}/events", dict(members),
@@ -260,7 +285,7 @@ def tcelery_group_routes(uri_path: str, task: Any, handler: Any = None,
     base = uri_path.rstrip("/")
     group_route = name or f"tcelery.group {base}"
     status_members = {"producer": members["producer"], "timeout": members["timeout"],
-                      "stream_timeout": stream_timeout}
+                      "stream_timeout": stream_timeout, "cors_origins": members["cors_origins"]}
     submit = _handler_class(GroupSubmitHandler, handler, base, {
         **members, "max_group_size": max_group_size, "group_route": group_route},
         any_request_handler=True)

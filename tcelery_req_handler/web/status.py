@@ -149,7 +149,7 @@ class TaskStatusHandler(_StatusBase):
         return ["GET", "DELETE"]
 
     def prepare(self) -> None:
-        if self.request.method not in ("GET", "DELETE"):
+        if not self.method_allowed(self.request.method or ""):
             raise HTTPError(405, f"{self.request.method} is not allowed on a task status")
 
     async def get(self, task_id: str) -> None:
@@ -188,7 +188,7 @@ class TaskEventsHandler(_StatusBase, EventStreamHandler):
         return ["GET"]
 
     def prepare(self) -> None:
-        if self.request.method != "GET":
+        if not self.method_allowed(self.request.method or ""):
             raise HTTPError(405, f"{self.request.method} is not allowed on an event stream")
 
     async def get(self, task_id: str) -> None:
