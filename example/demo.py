@@ -1,11 +1,16 @@
-"""Run the whole example with one command: ``python demo.py`` (RabbitMQ must be running).
+"""Run the whole example with one command: ``python demo.py``.
 
-It starts the Celery worker (``celery -A backend.v1 worker -Q payment_default1
---concurrency 2``) and the Tornado app (``python main.py``) as child processes, waits until
-the worker answers a ping and the app accepts connections, checks ``GET /v1/user`` end to
-end, and prints curl commands to try. Ctrl-C or SIGTERM stops both and exits 0: the app
-first (so no new task is sent), then the worker with a warm shutdown (running tasks finish),
-each killed if it has not exited within its timeout.
+With RabbitMQ answering (``BROKER_URL``, or ``--broker URL``), it starts the Celery worker
+(``celery -A backend.v1 worker -Q payment_default1 --concurrency 2``) and the Tornado app
+(``python main.py``) as child processes, waits until the worker answers a ping and the app
+accepts connections, checks ``GET /v1/user`` end to end, and prints curl commands to try.
+Ctrl-C or SIGTERM stops both and exits 0: the app first (so no new task is sent), then the
+worker with a warm shutdown (running tasks finish), each killed if it has not exited within
+its timeout.
+
+Without RabbitMQ (or with ``--embedded``) it says so in one line and runs the app alone in
+the library's embedded mode: the tasks run in a worker thread of the app's process, users are
+kept in SQLite. Everything works the same, the page at ``/`` included.
 
 Each child runs in a session (process group) of its own, so a Ctrl-C in the terminal reaches
 only this script, which stops the children in order; at the end their whole groups are
@@ -138,7 +143,7 @@ def smoke_test(base: str) -> None:
 def print_usage(base: str) -> None:
     form = "-H 'Content-Type: application/json'"
     print(f"""
-Try (the app logs nothing per request; the worker logs each task):
+Open {base}/ for a long job watched live, or try (the app logs nothing per request):
   curl {base}/v1/user
   curl -X POST -d name=alice -d email=alice@example.com {base}/v1/user
   curl -X POST {form} -d '{{"name": "bob"}}' {base}/v1/user
@@ -149,16 +154,30 @@ Try (the app logs nothing per request; the worker logs each task):
   curl {base}/v1/user/999                      # 500 with UserNotFound
   curl -X POST -d name=carol {base}/v1/async_user   # 202: fire and forget
   curl -X POST -d steps=5 -d delay=0.5 {base}/v1/report
-Ctrl-C stops both.
+  curl -X POST -d steps=5 -d delay=0.5 {base}/v1/async_report   # 202 + Location
+  curl -N {base}/tasks/<task id>/events                          # its states, live
+Ctrl-C stops it.
 """, flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """``--port`` and ``--address``, passed on to main.py."""
+    """``--port`` and ``--address`` (passed on to main.py), ``--embedded``, ``--broker``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=8888, help="app port (default 8888)")
     parser.add_argument("--address", default="127.0.0.1", help="app address (default 127.0.0.1)")
+    parser.add_argument("--embedded", action="store_true",
+                        help="run the tasks inside the app's process, with no broker")
+    parser.add_argument("--broker", metavar="URL",
+                        help="the RabbitMQ broker URL (default: BROKER_URL, or localhost)")
     return parser.parse_args(argv)
+
+
+def broker_answers(url: str) -> bool:
+    """Whether anything accepts a TCP connection at the broker URL's host and port."""
+    from kombu.utils.url import parse_url
+
+    parts = parse_url(url.split(";")[0])
+    return port_open(parts.get("hostname") or "localhost", int(parts.get("port") or 5672))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,6 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    if args.broker:
+        os.environ["BROKER_URL"] = args.broker  # the children read it
+    broker = os.environ.get("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    embedded = args.embedded
+    if not embedded and not broker_answers(broker):
+        say("RabbitMQ does not answer; running embedded: tasks in the app's process, "
+            "users in SQLite (start RabbitMQ, or pass --broker URL, for the real thing)")
+        embedded = True
     nodename = f"demo-{os.getpid()}@{socket.gethostname()}"
     host = "127.0.0.1" if args.address in ("", "0.0.0.0") else args.address
     base = f"http://{host}:{args.port}"
@@ -186,10 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         # The app first: it listens only once it has reached RabbitMQ, and exits at once
         # with a one-line hint if it cannot, so a stopped broker fails fast and clearly.
         children.append(spawn("app", [sys.executable, "main.py", "--port", str(args.port),
-                                      "--address", args.address], APP_STOP_TIMEOUT))
+                                      "--address", args.address,
+                                      *(["--embedded"] if embedded else [])],
+                              APP_STOP_TIMEOUT))
         ready = wait_until(f"the app on {host}:{args.port}",
                            lambda: port_open(host, args.port), children, stop, deadline)
-        if ready:
+        if ready and not embedded:
             children.append(spawn("worker", [
                 sys.executable, "-m", "celery", "-A", "backend.v1", "worker", "-Q", QUEUE,
                 "--concurrency", "2", "-n", nodename, "--loglevel", "INFO"],

@@ -35,7 +35,7 @@ if _HERE not in sys.path:
 import backend.grouptasks  # noqa: E402
 import tornado.web  # noqa: E402
 from backend.grouptasks import tasks  # noqa: E402
-from serving import configure_logging, serve  # noqa: E402
+from serving import configure_logging, page_routes, serve  # noqa: E402
 
 from tcelery_req_handler import (  # noqa: E402
     Producer,
@@ -82,12 +82,18 @@ class SeedTaskJSON:
 
 
 def make_app(producer: Producer | None = None, **settings: Any) -> tornado.web.Application:
-    """The seed's routes; ``producer`` defaults to the process-wide one."""
+    """The seed's routes, the library's own under ``/api`` (the page follows those: the seed's
+    JSON has no per-member states), and the page at ``/``; ``producer`` defaults to the
+    process-wide one."""
     settings.setdefault("default_handler_class", TCeleryNotFoundHandler)
     return tornado.web.Application(routes(
         tcelery_group_routes(r"/grouptasks", tasks.add, handler=SeedGroupJSON,
                              cache=CACHE_SECONDS, producer=producer, timeout=60),
         tcelery_status_routes("/tasks", handler=SeedTaskJSON, producer=producer),
+        tcelery_group_routes(r"/api/grouptasks", tasks.add, producer=producer, timeout=60,
+                             name="api-grouptasks"),
+        tcelery_status_routes("/api/tasks", producer=producer),
+        page_routes("grouptasks.html"),
     ), **settings)
 
 
@@ -96,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=5000, help="TCP port (default 5000)")
     parser.add_argument("--address", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--embedded", action="store_true",
+                        help="run the tasks in this process: no RabbitMQ or Redis needed")
     parser.add_argument("--log-level", default="warning",
                         choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
@@ -104,9 +112,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.log_level)
+    options = {"broker_url": "memory://"} if args.embedded else {}
     return asyncio.run(serve(
-        "grouptasks.py", lambda: setup_nonblocking_producer(backend.grouptasks.app), make_app,
-        args.port, args.address, "/grouptasks"))
+        "grouptasks.py", lambda: setup_nonblocking_producer(backend.grouptasks.app, **options),
+        make_app, args.port, args.address, "/"))
 
 
 if __name__ == "__main__":

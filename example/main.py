@@ -10,7 +10,13 @@ From ``example/``, with RabbitMQ running::
 * ``/v1/user``: GET lists (``?name=`` filters), POST creates (``name``, ``email``);
 * ``/v1/user/<id>``: GET, PUT (``name`` and/or ``email``), DELETE;
 * ``/v1/async_user`` and ``/v1/async_user/<id>``: the same, fire and forget (202 + task ids);
-* ``/v1/report``: POST runs a slow task (``steps``, ``delay``), waiting up to 60 s.
+* ``/v1/report``: POST runs a slow task (``steps``, ``delay``), waiting up to 60 s;
+  ``/v1/async_report`` sends it and answers 202 with its status URL;
+* ``/tasks/<id>``, ``/tasks/<id>/events``: any task's status, and its states live (SSE);
+* ``/``: a page whose button runs the report and whose bar follows its event stream.
+
+``python main.py --embedded`` runs without RabbitMQ: the tasks run in this process (the
+library's embedded mode), users are kept in SQLite.
 
 ``make_app()`` builds the application only: whoever serves it sets up the producer, either
 process-wide (``setup_nonblocking_producer(backend.v1.app)``, as :func:`main` does) or
@@ -34,7 +40,7 @@ if _HERE not in sys.path:
 import backend.v1  # noqa: E402
 import tornado.web  # noqa: E402
 from backend.v1 import tasks  # noqa: E402
-from serving import configure_logging, serve  # noqa: E402
+from serving import configure_logging, page_routes, serve  # noqa: E402
 
 from tcelery_req_handler import (  # noqa: E402
     Producer,
@@ -43,6 +49,7 @@ from tcelery_req_handler import (  # noqa: E402
     setup_nonblocking_producer,
     tcelery_async_routes,
     tcelery_routes,
+    tcelery_status_routes,
 )
 
 
@@ -70,13 +77,19 @@ def make_app(producer: Producer | None = None, **settings: Any) -> tornado.web.A
                              delete_tasks=[tasks.delete_user], producer=producer),
         tcelery_routes(r"/v1/report", post_tasks=[tasks.report], timeout=60,
                        producer=producer, error_statuses=client_errors),
+        tcelery_async_routes(r"/v1/async_report", post_tasks=[tasks.report],
+                             producer=producer),
+        tcelery_status_routes("/tasks", producer=producer),
+        page_routes("report.html"),
     ), **settings)
 
 
-async def main(port: int = 8888, address: str = "127.0.0.1") -> int:
-    """Connect to RabbitMQ, serve until SIGINT/SIGTERM, then shut down; the exit status."""
-    return await serve("main.py", lambda: setup_nonblocking_producer(backend.v1.app),
-                       make_app, port, address, "/v1/user")
+async def main(port: int = 8888, address: str = "127.0.0.1", embedded: bool = False) -> int:
+    """Connect to RabbitMQ (or run embedded), serve until SIGINT/SIGTERM, then shut down;
+    the exit status."""
+    options = {"broker_url": "memory://"} if embedded else {}
+    return await serve("main.py", lambda: setup_nonblocking_producer(backend.v1.app, **options),
+                       make_app, port, address, "/")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8888, help="TCP port (default 8888)")
     parser.add_argument("--address", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--embedded", action="store_true",
+                        help="run the tasks in this process: no RabbitMQ needed")
     parser.add_argument("--log-level", default="warning",
                         choices=["debug", "info", "warning", "error"],
                         help="'info' adds one access-log line per request (default warning)")
@@ -95,7 +110,7 @@ def run(argv: list[str] | None = None) -> int:
     """The command line: parse ``argv``, configure logging, serve; the exit status."""
     args = parse_args(argv)
     configure_logging(args.log_level)
-    return asyncio.run(main(args.port, args.address))
+    return asyncio.run(main(args.port, args.address, args.embedded))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""What the example's two Tornado apps share: connect, listen, serve until a signal, drain.
+"""What the example's two Tornado apps share: connect, listen, serve until a signal, drain;
+and their pages.
 
 A broker that is down, a bad ``BROKER_URL`` or a busy port is one line on stderr and exit
 status 1, never a traceback: this is the first thing a newcomer runs.
@@ -11,6 +12,8 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import tornado.web
 
@@ -18,6 +21,26 @@ from tcelery_req_handler import BrokerUnavailable, ConfigurationError, Producer
 
 #: How long shutdown lets requests that wait for a task finish before answering them 503.
 SHUTDOWN_GRACE = 5.0
+
+
+PAGES = Path(__file__).resolve().parent / "pages"
+
+
+class PageHandler(tornado.web.RequestHandler):
+    """Serves one HTML page of ``pages/``."""
+
+    def initialize(self, page: str) -> None:
+        self.page = page
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.write((PAGES / self.page).read_bytes())
+
+
+def page_routes(page: str) -> list[Any]:
+    """``/`` (the page) and ``/static/`` (its script), nothing fetched from another host."""
+    return [(r"/", PageHandler, {"page": page}),
+            (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(PAGES)})]
 
 
 def one_line(error: BaseException) -> str:
@@ -65,7 +88,8 @@ async def serve(script: str, make_producer: Callable[[], Producer],
         producer = make_producer()
     except ConfigurationError as exc:
         return fail(script, f"bad configuration: {one_line(exc)}")
-    where = f"{producer.parameters.host}:{producer.parameters.port}"
+    parameters = producer.parameters
+    where = "embedded" if parameters is None else f"{parameters.host}:{parameters.port}"
     logging.disable(logging.WARNING)  # pika's and the producer's log lines say it 10 times
     try:
         await producer.connect()
@@ -82,8 +106,9 @@ async def serve(script: str, make_producer: Callable[[], Producer],
     except OSError as exc:
         await producer.close()
         return fail(script, f"cannot listen on {address}:{port}: {exc.strerror or exc}")
-    print(f"{script}: serving http://{address}:{port}{path} (broker {where}); "
-          "Ctrl-C to stop", flush=True)
+    print(f"{script}: serving http://{address}:{port}{path} "
+          f"({'embedded: tasks run in this process' if parameters is None else 'broker ' + where}"
+          "); Ctrl-C to stop", flush=True)
 
     await stop.wait()
     server.stop()  # no new connections
