@@ -37,6 +37,8 @@ from .web.routes import (
     tcelery_status_routes,
 )
 
+__version__ = "1.1.0"
+
 __all__ = [
     "BrokerError",
     "BrokerUnavailable",
@@ -60,6 +62,7 @@ __all__ = [
     "TaskSpec",
     "TaskTimeout",
     "UnknownTask",
+    "__version__",
     "get_producer",
     "routes",
     "setup_nonblocking_producer",
