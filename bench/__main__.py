@@ -1,10 +1,14 @@
-"""``python -m bench [--smoke]``: the whole benchmark, from a bare machine to results/.
+"""``python -m bench [--smoke] [--only PARTS]``: the whole benchmark, from a bare machine to
+results/.
 
 Steps: install ``ab`` if missing; start the shared worker and seed
 the example's database; for each server (hello world, executor bridge, Flower, ours) start it,
-warm up, run ``ab`` per profile and repetition, stop it; run the memory test; write
+warm up, run ``ab`` per profile and repetition, stop it; the worker-bound ceiling; the memory
+test; the latency test at concurrency 1; 10,000 event streams; write
 ``bench/results/latest.{md,json,png}`` (``--smoke``: ``bench/results/tmp/smoke.*``). Every
-child process is stopped at the end, on error and on Ctrl-C.
+child process is stopped at the end, on error and on Ctrl-C. ``--only`` runs some parts
+(``ab,memory,latency,streams,ceiling``) and keeps the others' results from the previous
+results file, each marked with the run it came from.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import os
 import shlex
 import shutil
@@ -22,7 +27,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench import analysis, broker, memory, procs, profiling, report, system
+from bench import (
+    analysis,
+    broker,
+    ceiling,
+    latency,
+    memory,
+    procs,
+    profiling,
+    report,
+    streams,
+    system,
+)
 from bench.config import BROKER_URL, REDIS_URL, RESULTS_DIR, ROOT, TMP_DIR, queue
 from bench.lineup import example_missing, lineup
 from bench.plan import FULL, SMOKE, Plan
@@ -31,6 +47,11 @@ from bench.worker import seed_users, start_worker, worker_env
 
 #: Bound on one memory measurement (warm-up, 10,000 connections, release, answers).
 MEMORY_TEST_LIMIT = 600
+#: The parts of a run, in the order they run (``--only`` picks some).
+PARTS = ("ab", "ceiling", "memory", "latency", "streams")
+#: Where each part's results live in the JSON (carried over from the previous run by --only).
+PART_KEYS = {"ab": ("rows", "skipped"), "ceiling": ("ceiling",), "memory": ("memory",),
+             "latency": ("latency",), "streams": ("streams",)}
 
 NOTES = [
     "Everything runs on this machine over loopback: RabbitMQ, Redis (`{redis}`, Flower's "
@@ -87,6 +108,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="record ours with py-spy during the first run of each profile "
                              "(into the results directory; needs `pip install py-spy`)")
+    parser.add_argument("--only", help="comma-separated parts to run, of "
+                        + ",".join(PARTS) + " (default: all); the results of the others are "
+                        "kept from the previous results file")
+    parser.add_argument("--latency-requests", type=int,
+                        help="recorded requests per server in the latency test (default 300)")
+    parser.add_argument("--streams", type=int,
+                        help="event streams open at once in the stream test (default 10000)")
+    parser.add_argument("--ceiling-tasks", type=int,
+                        help="tasks queued for the worker-bound ceiling (default 5000)")
     parser.add_argument("--out", type=Path, help="results directory")
     parser.add_argument("--stem", help="results file name without extension")
     return parser.parse_args(argv)
@@ -99,6 +129,9 @@ def _plan(args: argparse.Namespace) -> Plan:
         changes["runs"] = args.runs
     if args.memory_requests is not None:
         changes["memory_requests"] = args.memory_requests
+    for name in ("latency_requests", "streams", "ceiling_tasks"):
+        if getattr(args, name, None) is not None:
+            changes[name] = getattr(args, name)
     if changes:
         from dataclasses import replace
         plan = replace(plan, **changes)
@@ -149,12 +182,44 @@ def _memory_test(plan: Plan, tmp: Path, log: Any) -> dict[str, Any]:
     return result
 
 
+def _parts(only: str | None) -> list[str]:
+    if not only:
+        return list(PARTS)
+    wanted = [p.strip() for p in only.split(",") if p.strip()]
+    unknown = [p for p in wanted if p not in PARTS]
+    if unknown:
+        raise RuntimeError(f"--only: unknown part {unknown[0]!r} (parts: {','.join(PARTS)})")
+    return [p for p in PARTS if p in wanted]
+
+
+def _carry_over(data: dict[str, Any], parts: list[str], previous: Path) -> None:
+    """Put the previous results of the parts not run into ``data``, marked with their run."""
+    if not previous.exists():
+        return
+    try:
+        old = json.loads(previous.read_text())
+    except ValueError:
+        return
+    old_from = old.get("meta", {}).get("carried_over", {})
+    carried = {}
+    for part, keys in PART_KEYS.items():
+        if part in parts or not all(k in old for k in keys):
+            continue
+        for key in keys:
+            data[key] = old[key]
+        carried[part] = old_from.get(part) or {
+            "started": old["meta"].get("started"), "command": old["meta"].get("command"),
+            "machine": old["meta"].get("machine")}
+    data["meta"]["carried_over"] = carried
+
+
 def run(args: argparse.Namespace) -> int:
     plan = _plan(args)
+    parts = _parts(args.only)
     started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
     out_dir = args.out or (TMP_DIR if plan.smoke else RESULTS_DIR)
     stem = args.stem or ("smoke" if plan.smoke else "latest")
-    wanted = [s.strip() for s in args.servers.split(",") if s.strip()]
+    wanted = [s.strip() for s in args.servers.split(",") if s.strip()] if "ab" in parts else []
 
     def log(message: str) -> None:
         print(message, flush=True)
@@ -163,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
     broker.preflight()
     if args.profile and not profiling.available():
         raise RuntimeError("--profile needs py-spy: pip install py-spy")
-    system.raise_fd_limit(plan.memory_requests + 4096)
+    system.raise_fd_limit(max(plan.memory_requests, plan.streams) + 4096)
     _prune_tmp()
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = f"{started:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
@@ -175,7 +240,9 @@ def run(args: argparse.Namespace) -> int:
             "started": f"{started:%Y-%m-%d %H:%M UTC}", "smoke": plan.smoke,
             "profiled": args.profile,
             "plan": {"profiles": [p.__dict__ for p in plan.profiles], "runs": plan.runs,
-                     "memory_requests": plan.memory_requests},
+                     "memory_requests": plan.memory_requests, "parts": parts,
+                     "latency_requests": plan.latency_requests, "streams": plan.streams,
+                     "ceiling_tasks": plan.ceiling_tasks},
             "logs": str(tmp), **system.describe()}
     meta["notes"] = [n.format(redis=REDIS_URL, queue=queue(),
                               flower=meta["versions"]["flower"]) for n in NOTES]
@@ -202,18 +269,39 @@ def run(args: argparse.Namespace) -> int:
         except procs.StartError as exc:
             log(f"  ! {exc}")
             rows.append(Row(spec.key, spec.label, "error", "-", 0, 0, "", error=str(exc)))
+    ceiling_result: dict[str, Any] = {"skipped": "not run"}
+    if "ceiling" in parts:
+        log(f"- ceiling: the worker drains {plan.ceiling_tasks} queued tasks, no web server")
+        ceiling_result = ceiling.run(plan.ceiling_tasks, worker, worker.node, log)
     memory_result: dict[str, Any] = {"skipped": "--memory-requests 0"}
-    if plan.memory_requests:
+    if plan.memory_requests and "memory" in parts:
         log(f"- memory: {plan.memory_requests} waiting requests on one process of ours")
         memory_result = _memory_test(plan, tmp, log)
+    latency_result: dict[str, Any] = {"skipped": "not run"}
+    if "latency" in parts and plan.latency_requests:
+        log(f"- latency: {plan.latency_requests} sequential requests per server, 20 ms task")
+        latency_result = latency.run({s.key: s for s in lineup(worker_env(tmp))},
+                                     plan.latency_requests, plan.latency_warmup, tmp, log,
+                                     broker.delete_result_keys)
+    streams_result: dict[str, Any] = {"skipped": "not run"}
+    if "streams" in parts and plan.streams:
+        log(f"- streams: {plan.streams} event streams at once on one process of ours")
+        streams_result = streams.run(plan.streams, plan.streams_per_task, plan.stream_steps,
+                                     plan.stream_interval, run_id, tmp, log,
+                                     broker.delete_result_keys)
     procs.stop_all()
 
     row_dicts = [r.to_dict() for r in rows]
     meta["duration_s"] = round(time.monotonic() - t0, 1)
-    data = {"meta": meta, "rows": row_dicts, "skipped": skipped,
-            "ratios": analysis.ratios(row_dicts), "memory": memory_result,
-            "targets": {p: analysis.targets(row_dicts, memory_result, p)
-                        for p in analysis.profiles(row_dicts)}}
+    data: dict[str, Any] = {"meta": meta, "rows": row_dicts, "skipped": skipped,
+                            "memory": memory_result, "ceiling": ceiling_result,
+                            "latency": latency_result, "streams": streams_result}
+    if parts != list(PARTS):
+        _carry_over(data, parts, out_dir / f"{stem}.json")
+    data["ratios"] = analysis.ratios(data["rows"])
+    data["targets"] = {p: analysis.targets(data["rows"], data["memory"], p)
+                       for p in analysis.profiles(data["rows"])}
+    data["ceiling_fractions"] = ceiling.fractions(data["rows"], data["ceiling"])
     paths = report.write(data, out_dir, stem)
     log(f"bench: done in {meta['duration_s']:.0f} s; wrote "
         + ", ".join(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p)

@@ -73,3 +73,20 @@ def wait_empty(queue: str, timeout: float) -> bool:
             return False
         time.sleep(0.2)
     return True
+
+
+def delete_result_keys(task_ids: list[str], chunk: int = 1000) -> int:
+    """Delete the Redis result keys (``celery-task-meta-<id>``) of tasks the run created."""
+    import redis
+
+    from bench.config import REDIS_URL
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=10)
+    deleted = 0
+    try:
+        for start in range(0, len(task_ids), chunk):
+            keys = [f"celery-task-meta-{i}" for i in task_ids[start:start + chunk] if i]
+            if keys:
+                deleted += int(client.delete(*keys))
+    finally:
+        client.close()
+    return deleted

@@ -39,3 +39,12 @@ LIST_USERS = "backend.v1.tasks.list_users"
 LIST_USERS_REDIS = "bench.list_users_redis"
 #: A task that blocks until a Redis key appears: the memory test's "task that sleeps".
 HOLD = "bench.hold"
+
+#: A task that sleeps a known time (``ms``, default 20) and returns when it started and ended,
+#: measured in the worker: the latency test's task (``rpc://`` results).
+SLEEP = "bench.sleep"
+#: Its twin storing the result in Redis (ours on Redis results, Flower, the polling client).
+SLEEP_REDIS = "bench.sleep_redis"
+#: A task that reports ``steps`` PROGRESS states (each with ``time.time()`` in its meta) and
+#: then succeeds, results in Redis: what the event streams watch.
+PROGRESS = "bench.progress"

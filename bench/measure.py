@@ -175,3 +175,36 @@ class UsageMeter:
     def stop(self) -> Usage:
         return Usage(web_cpu_s=self.web(), worker_cpu_s=self.worker(),
                      broker_cpu_s=self.broker())
+
+
+def _tree_cpu_seconds(extra_pids: Sequence[int | None]) -> float:
+    """CPU seconds of this process, its live descendants, its reaped children, and
+    ``extra_pids`` (RabbitMQ, Redis)."""
+    me = psutil.Process()
+    times0 = me.cpu_times()
+    total = float(times0.user + times0.system) + children_cpu_seconds()
+    for proc in [*me.children(recursive=True),
+                 *(psutil.Process(pid) for pid in extra_pids if pid)]:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+class TreeLoad:
+    """:class:`OtherLoad` for the measurements without ``ab``: the share of the machine used
+    by processes *outside* the runner's tree (the runner, every child and grandchild, reaped
+    ones included) and the brokers, over an interval, in %. The noise figure."""
+
+    def __init__(self, broker_pids: Sequence[int | None] = ()) -> None:
+        self._brokers = list(broker_pids)
+        self._busy0 = machine_busy_seconds()
+        self._ours0 = _tree_cpu_seconds(self._brokers)
+        self._t0 = time.monotonic()
+
+    def percent(self) -> float:
+        busy = machine_busy_seconds() - self._busy0
+        ours = _tree_cpu_seconds(self._brokers) - self._ours0
+        wall = time.monotonic() - self._t0
+        cores = psutil.cpu_count() or 1
+        return round(100 * max(0.0, busy - ours) / (wall * cores), 1) if wall > 0 else 0.0

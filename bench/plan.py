@@ -24,6 +24,17 @@ class Plan:
     #: Bound on waiting for the worker to drain the queue after a fire-and-forget run.
     drain_timeout: float
     smoke: bool = False
+    #: Latency test: recorded sequential requests per server, after unrecorded warm-up ones.
+    latency_requests: int = 300
+    latency_warmup: int = 10
+    #: Event-stream test: streams open at once, streams per task, PROGRESS states per task
+    #: and the seconds between them.
+    streams: int = 10000
+    streams_per_task: int = 100
+    stream_steps: int = 5
+    stream_interval: float = 0.1
+    #: Ceiling test: tasks queued before the worker starts on them.
+    ceiling_tasks: int = 5000
 
 
 #: The seed's published command: ``ab -n 1000 -c 500``.
@@ -36,4 +47,6 @@ FULL = Plan(profiles=(SEED, LONG), runs=3, warmup=Profile("warmup", 500, 100, ti
 
 SMOKE = Plan(profiles=(Profile("smoke", 200, 50, time_limit=30),), runs=1,
              warmup=Profile("warmup", 50, 10, time_limit=30), memory_requests=300,
-             drain_timeout=30, smoke=True)
+             drain_timeout=30, smoke=True, latency_requests=30, latency_warmup=3,
+             streams=200, streams_per_task=50, stream_steps=3, stream_interval=0.05,
+             ceiling_tasks=300)

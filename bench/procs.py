@@ -33,6 +33,9 @@ class StartError(RuntimeError):
 class Managed:
     """One child process in a new session (so its pid is its process group id)."""
 
+    #: A Celery worker's node name (``celery -n``), for remote control; "" otherwise.
+    node: str = ""
+
     def __init__(self, name: str, argv: Sequence[str], *, cwd: Path, log_dir: Path,
                  env: Mapping[str, str] | None = None) -> None:
         self.name = name

@@ -124,6 +124,129 @@ def memory_lines(memory: Mapping[str, Any] | None) -> list[str]:
     return lines
 
 
+def _from(data: Mapping[str, Any], part: str) -> list[str]:
+    """A line saying a part's figures come from an earlier run (``--only``), if they do."""
+    origin = (data["meta"].get("carried_over") or {}).get(part)
+    if not origin:
+        return []
+    machine = origin.get("machine") or {}
+    on = (f" on {machine.get('nproc')} CPUs ({machine.get('cpu_model')}), load average at "
+          f"start {machine.get('load_avg_at_start')}" if machine else "")
+    return [f"*From the earlier run of {origin.get('started')} (`{origin.get('command')}`)"
+            f"{on}, kept by `--only`: compare with this run's figures with care.*", ""]
+
+
+def ceiling_lines(data: Mapping[str, Any]) -> list[str]:
+    c = data.get("ceiling") or {}
+    if not c or c.get("skipped"):
+        return [f"Skipped: {c.get('skipped', 'not run')}"]
+    lines = [
+        f"The shared worker drained **{c.get('replies', 0):,}** of {c['tasks']:,} pre-queued "
+        f"`{c['task']}` tasks (rpc:// replies to one reply queue, no web server) at "
+        f"**{_fmt(c.get('ceiling_rps'))} tasks/s** (first reply to last; "
+        f"{_fmt(c.get('rps_from_start'))}/s counted from the `add_consumer` call, "
+        f"{c.get('first_reply_s')} s to the first reply). Failed: {c.get('failed', 0)}, "
+        f"missing: {c.get('missing', 0)}. Other load (processes outside the benchmark): "
+        f"{_fmt(c.get('other_load_pct'))}%.",
+        "",
+        f"CPU per task: worker {_fmt(c.get('worker_cpu_ms_per_task'), 2)} ms, RabbitMQ + Redis "
+        f"{_fmt(c.get('broker_cpu_ms_per_task'), 2)} ms, the reply consumer (the runner, the "
+        f"library's producer) {_fmt(c.get('consumer_cpu_ms_per_task'), 2)} ms.",
+        "",
+    ]
+    if c.get("error"):
+        lines += [f"- error: {c['error']}", ""]
+    fractions = [f for f in data.get("ceiling_fractions") or [] if f["mode"] == WAITING]
+    if fractions:
+        order = {k: i for i, k in enumerate(SERVER_ORDER)}
+        profiles = {p: i for i, p in enumerate(analysis.profiles(data.get("rows") or []))}
+        fractions.sort(key=lambda f: (profiles.get(f["profile"], 9), order.get(f["server"], 9)))
+        lines += ["Each server's waiting req/s (ab table, median) as a fraction of that "
+                  "ceiling:", ""]
+        lines += _table(["profile", "server", "waiting req/s", "ceiling tasks/s",
+                         "fraction of the ceiling"],
+                        [[f["profile"], f"**{f['label']}**" if f["server"] == "ours"
+                          else f["label"], _fmt(f["rps"]), _fmt(c.get("ceiling_rps")),
+                          f"{f['fraction'] * 100:.0f}%" if f["fraction"] else "—"]
+                         for f in fractions])
+    return lines
+
+
+def latency_lines(lat: Mapping[str, Any] | None) -> list[str]:
+    if not lat or lat.get("skipped"):
+        return [f"Skipped: {(lat or {}).get('skipped', 'not run')}"]
+    ratios = {r["key"]: r for r in lat.get("ratios", [])}
+    lines = [f"{lat['requests']} requests one after another per server (after "
+             f"{lat['warmup']} unrecorded), a new connection each; the task sleeps "
+             f"{lat['task_sleep_ms']} ms in the worker and returns when its body started and "
+             "ended. Added = end-to-end - the task's own run time (measured in the worker), "
+             "per request, then the percentiles.", ""]
+    rows = []
+    for r in lat["results"]:
+        label = f"**{r['label']}**" if r["key"].startswith("ours") else r["label"]
+        if not r.get("ok"):
+            rows.append([label, "0", _fmt(r.get("errors")), *["—"] * 8])
+            continue
+        a, e, t = r["added_ms"], r["e2e_ms"], r["task_ms"]
+        q = ratios.get(r["key"], {})
+        rows.append([label, _fmt(r["ok"]), _fmt(r["errors"]), _fmt(a["p50"], 2),
+                     _fmt(a["p99"], 2), _fmt(a["max"], 1), _fmt(e["p50"], 1),
+                     _fmt(t["p50"], 1),
+                     _fmt(q.get("p50_vs_ours_rpc"), 2) + "x" if q.get("p50_vs_ours_rpc")
+                     else "—",
+                     _fmt(q.get("p99_vs_ours_rpc"), 2) + "x" if q.get("p99_vs_ours_rpc")
+                     else "—", _fmt(r.get("other_load_pct"))])
+    lines += _table(["server", "ok", "errors", "added p50 ms", "added p99 ms", "added max ms",
+                     "end-to-end p50 ms", "task run p50 ms", "p50 / ours rpc",
+                     "p99 / ours rpc", "other load %"], rows)
+    errors = [(r["key"], r.get("error") or "; ".join(r.get("first_errors") or []))
+              for r in lat["results"] if r.get("errors")]
+    lines += [""] + [f"- {k}: {msg[:300]}" for k, msg in errors if msg]
+    return lines
+
+
+def streams_lines(st: Mapping[str, Any] | None) -> list[str]:
+    if not st or st.get("skipped"):
+        return [f"Skipped: {(st or {}).get('skipped', 'not run')}"]
+    client = st.get("client") or {}
+    if not client:
+        return [f"Error: {st.get('error', 'no client result')}"]
+    mb = 2**20
+    delay = client.get("delay_ms") or {}
+    lines = [
+        f"One Tornado process of ours (`bench/servers/ours_results.py --results redis`, "
+        f"`tcelery_status_routes`) held **{client['first_events']:,}** of {st['streams']:,} "
+        f"`GET /tasks/<id>/events` streams open at once ({st['tasks']} tasks x "
+        f"{st['per_task']} streams each; client: `bench/sse_client.py`, a separate process, "
+        "raw asyncio sockets). Each task (`bench.progress`) sent "
+        f"{st['steps']} PROGRESS states {st['interval_s']} s apart, then SUCCESS; the worker "
+        "ran two at a time.",
+        "",
+        f"- RSS before: {st['baseline_rss'] / mb:.1f} MB; with every stream open: "
+        f"{st['open_rss'] / mb:.1f} MB ({st.get('server_fds', 0):,} open fds)",
+        f"- **RSS per open stream: {st['rss_per_stream'] / 1000:.1f} KB** "
+        f"({st['rss_per_stream']:,.0f} bytes)",
+        f"- events: **{client['events']:,} received of {st['expected_events']:,} expected** "
+        f"({st['expected_events_per_stream']} per stream: PENDING, {st['steps']} PROGRESS, "
+        f"SUCCESS); streams closed by the server after SUCCESS: {client['completed']:,}; "
+        f"events per stream -> streams: {client.get('per_stream')}; all delivered: "
+        f"{_fmt(bool(st.get('all_delivered')))}",
+        f"- delay from the worker's `time.time()` in the event to the client reading it, over "
+        f"{client.get('delays_counted', 0):,} PROGRESS and SUCCESS events: **p50 "
+        f"{_fmt(delay.get('p50'), 1)} ms, p99 {_fmt(delay.get('p99'), 1)} ms**, max "
+        f"{_fmt(delay.get('max'), 1)} ms",
+        f"- opening all streams took {client.get('connect_s')} s; the events "
+        f"{st.get('events_s')} s; server CPU {_fmt(st.get('server_cpu_ms_per_event'), 3)} ms "
+        f"per event delivered; other load (processes outside the benchmark) "
+        f"{_fmt(st.get('other_load_pct'))}%",
+    ]
+    if client.get("errors"):
+        lines.append(f"- client errors: {client['errors']} ({'; '.join(client['error_samples'])})")
+    if st.get("error"):
+        lines.append(f"- error: {st['error'][:500]}")
+    return lines
+
+
 def target_table(checks: Sequence[Mapping[str, Any]]) -> list[str]:
     return _table(["target", "measured", "required", "holds"],
                   [[c["target"], _fmt(c["value"], 2), c["required"], _fmt(c["holds"])]
@@ -146,6 +269,7 @@ def markdown(data: Mapping[str, Any]) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "",
     ]
+    out += _from(data, "ab")
     for profile in analysis.profiles(rows):
         spec = next(r for r in rows if r["profile"] == profile)
         runs = max((r["summary"].get("runs", 0) for r in rows if r["profile"] == profile),
@@ -162,8 +286,18 @@ def markdown(data: Mapping[str, Any]) -> str:
                     *budget_table(budget, machine["nproc"]), ""]
     if data["ratios"]:
         out += ["## Ratios (median req/s)", "", *ratio_table(data["ratios"]), ""]
+    if data.get("ceiling"):
+        out += ["## Worker-bound ceiling: tasks drained with no web server", "",
+                *_from(data, "ceiling"), *ceiling_lines(data), ""]
     out += ["## Memory: 10,000 waiting requests" if not meta["smoke"] else "## Memory", ""]
-    out += [*memory_lines(data.get("memory")), ""]
+    out += [*_from(data, "memory"), *memory_lines(data.get("memory")), ""]
+    if data.get("latency"):
+        out += ["## Latency a waiting request adds to its task, concurrency 1", "",
+                *_from(data, "latency"), *latency_lines(data.get("latency")), ""]
+    if data.get("streams"):
+        st = data["streams"]
+        out += [f"## Event streams: {st.get('streams', 0):,} open at once, Redis results", "",
+                *_from(data, "streams"), *streams_lines(st), ""]
     for profile, checks in data["targets"].items():
         if checks:
             out += [f"## Targets of issue 4 ({profile})", "", *target_table(checks), ""]

@@ -8,8 +8,10 @@ at INFO the worker writes two log lines per task, CPU charged to every server al
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -40,11 +42,13 @@ def worker_env(tmp: Path) -> dict[str, str]:
 def start_worker(tmp: Path, *, concurrency: int = 2, timeout: float = 60.0) -> Managed:
     ready = tmp / "worker.ready"
     ready.unlink(missing_ok=True)
+    node = f"bench-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
     argv = [sys.executable, "-m", "celery", "-A", "bench.worker_app", "worker",
             "-Q", queue(), "-c", str(concurrency), "-P", "prefork", "-l", "WARNING",
-            "-n", f"bench-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle"]
+            "-n", node, "--without-gossip", "--without-mingle"]
     worker = Managed("worker", argv, cwd=EXAMPLE_DIR, log_dir=tmp,
                      env={**worker_env(tmp), "BENCH_READY_FILE": str(ready)})
+    worker.node = node  # the ceiling test tells this worker (and no other) what to consume
     worker.wait_ready(ready.exists, timeout, "worker_ready signal")
     return worker
 
@@ -67,6 +71,11 @@ def seed_users(tmp: Path, count: int = SEED_USERS, timeout: float = 30.0) -> byt
                                                "email": f"user{i}@example.com"}).get(timeout)
         users: Any = app.send_task(LIST_USERS).get(timeout)
     finally:
+        # rpc://'s reply queue (named after the client's oid) outlives the client for a day
+        # (x-expires) unless deleted.
+        with contextlib.suppress(Exception):
+            from bench.broker import delete_queue
+            delete_queue(app.backend.binding.name)
         app.close()
     # Compact separators: the bytes the library's JSON responses have, so (a) serves exactly
     # what (d) does (the report's "bytes" column shows it).

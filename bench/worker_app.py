@@ -9,6 +9,11 @@ tasks of the benchmark's own:
   measured "with the backend it works with" while every other server uses ``rpc://``.
 * ``bench.hold``: blocks until a Redis key exists (bounded), so the memory test can keep
   10,000 requests waiting on tasks that have not finished, then release them all at once.
+* ``bench.sleep`` / ``bench.sleep_redis``: sleep a known time and return when they started
+  and finished (``time.time()`` in the worker), results over ``rpc://`` / in Redis: the
+  latency test subtracts the task's own run time from what the client waited.
+* ``bench.progress``: ``steps`` PROGRESS states, each carrying ``time.time()`` at publish,
+  then SUCCESS (Redis): what the event-stream test's 10,000 streams watch.
 
 One worker (prefork, concurrency 2) serving every server means all four are measured
 against the same task code, the same queue and the same amount of worker CPU.
@@ -25,7 +30,15 @@ from typing import Any
 from celery.backends.redis import RedisBackend
 from celery.signals import worker_ready
 
-from bench.config import EXAMPLE_DIR, HOLD, LIST_USERS_REDIS, REDIS_URL
+from bench.config import (
+    EXAMPLE_DIR,
+    HOLD,
+    LIST_USERS_REDIS,
+    PROGRESS,
+    REDIS_URL,
+    SLEEP,
+    SLEEP_REDIS,
+)
 
 if str(EXAMPLE_DIR) not in sys.path:
     sys.path.insert(0, str(EXAMPLE_DIR))
@@ -57,6 +70,37 @@ def hold(key: str, limit: float | str = 60.0) -> str:
     return key
 
 
+def _sleep(task_id: str, ms: float | str) -> dict[str, Any]:
+    started = time.time()
+    time.sleep(min(float(ms), 1000.0) / 1000)
+    return {"task_id": task_id, "started": started, "finished": time.time()}
+
+
+@app.task(name=SLEEP, bind=True)  # type: ignore[untyped-decorator]
+def sleep(self: Any, ms: float | str = 20) -> dict[str, Any]:
+    """Sleep ``ms`` milliseconds (at most 1 s); say when the body started and ended."""
+    return _sleep(self.request.id, ms)
+
+
+@app.task(name=SLEEP_REDIS, bind=True, backend=redis_backend)  # type: ignore[untyped-decorator]
+def sleep_redis(self: Any, ms: float | str = 20) -> dict[str, Any]:
+    """``bench.sleep``, result stored in Redis."""
+    return _sleep(self.request.id, ms)
+
+
+@app.task(name=PROGRESS, bind=True, backend=redis_backend)  # type: ignore[untyped-decorator]
+def progress(self: Any, steps: int | str = 5, interval: float | str = 0.1) -> dict[str, Any]:
+    """``steps`` PROGRESS states ``interval`` s apart (each with ``t`` = ``time.time()`` just
+    before it is stored and published), then SUCCESS with ``t`` in the result."""
+    steps, interval = min(int(steps), 100), min(float(interval), 5.0)
+    for i in range(steps):
+        if i:
+            time.sleep(interval)
+        self.update_state(state="PROGRESS", meta={"i": i, "t": time.time()})
+    time.sleep(interval)
+    return {"steps": steps, "t": time.time()}
+
+
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def _announce_ready(**_: Any) -> None:
     """Touch ``BENCH_READY_FILE``: how the runner knows the worker consumes."""
@@ -65,4 +109,4 @@ def _announce_ready(**_: Any) -> None:
         Path(ready_file).touch()
 
 
-__all__ = ["app", "hold", "list_users_redis"]
+__all__ = ["app", "hold", "list_users_redis", "progress", "sleep", "sleep_redis"]

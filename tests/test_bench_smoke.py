@@ -46,3 +46,17 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
     for memory in (data["memory"], data["memory"]["floor"]):  # ours, then plain Tornado
         assert memory["waiting_reached"] == memory["requests"], memory
         assert memory["ok_200"] == memory["requests"], memory
+
+    # The latency test: every server answered every request (no latency figure is checked).
+    latency = data["latency"]
+    assert {r["key"] for r in latency["results"]} == {
+        "ours_rpc", "ours_redis", "bridge", "flower", "poll"}, latency
+    for result in latency["results"]:
+        assert result["ok"] == latency["requests"] and result["errors"] == 0, result
+
+    # The event streams: every stream opened and got every event; the ceiling: every reply.
+    streams = data["streams"]
+    assert not streams["error"], streams["error"]
+    assert streams["all_delivered"], streams
+    ceiling = data["ceiling"]
+    assert "error" not in ceiling and ceiling["replies"] == ceiling["tasks"], ceiling

@@ -5,7 +5,8 @@ Tornado handlers hand the blocking Celery calls to a thread pool:
 * ``GET /v1/user``: ``await loop.run_in_executor(pool, lambda: task.apply_async().get(timeout))``
   then the result as JSON (200);
 * ``GET /v1/async_user``: ``await loop.run_in_executor(pool, task.apply_async)``, then
-  ``{"task_ids": [...]}`` (202), like the library's fire-and-forget routes.
+  ``{"task_ids": [...]}`` (202), like the library's fire-and-forget routes;
+* ``GET /v1/sleep``: as ``/v1/user``, on ``bench.sleep`` (the latency test's 20 ms task).
 
 The Celery app uses the example's settings that matter on the wire (``rpc://`` results, JSON,
 the run's queue) and sends the example's ``list_users`` by name. The pool has
@@ -25,7 +26,7 @@ import tornado.web
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
-from bench.config import BROKER_URL, LIST_USERS, queue
+from bench.config import BROKER_URL, LIST_USERS, SLEEP, queue
 from bench.servers.common import parse_args, serve
 
 RESULT_TIMEOUT = 30.0
@@ -45,10 +46,14 @@ class Bridge:
     def __init__(self, threads: int) -> None:
         self.celery = make_celery(threads)
         self.task = self.celery.signature(LIST_USERS)
+        self.sleep = self.celery.signature(SLEEP)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bridge")
 
     def call(self) -> Any:
         return self.task.apply_async().get(timeout=RESULT_TIMEOUT)
+
+    def call_sleep(self) -> Any:
+        return self.sleep.apply_async().get(timeout=RESULT_TIMEOUT)
 
 
 class UserHandler(tornado.web.RequestHandler):
@@ -66,6 +71,14 @@ class UserHandler(tornado.web.RequestHandler):
         self.write(json.dumps(result, separators=(",", ":")))
 
 
+class SleepHandler(UserHandler):
+    async def get(self) -> None:
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self.bridge.pool, self.bridge.call_sleep)
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps(result, separators=(",", ":")))
+
+
 class AsyncUserHandler(UserHandler):
     async def get(self) -> None:
         loop = asyncio.get_running_loop()
@@ -78,6 +91,7 @@ def make_app(bridge: Bridge) -> tornado.web.Application:
     return tornado.web.Application([
         (r"/v1/user/?", UserHandler, {"bridge": bridge}),
         (r"/v1/async_user/?", AsyncUserHandler, {"bridge": bridge}),
+        (r"/v1/sleep/?", SleepHandler, {"bridge": bridge}),
     ])
 
 

@@ -31,3 +31,20 @@ async def serve(app: tornado.web.Application, port: int, *, backlog: int = 1024)
     server = HTTPServer(app)
     server.listen(port, HOST, backlog=backlog)
     await asyncio.Event().wait()
+
+
+async def serve_until_terminated(app: tornado.web.Application, port: int, *,
+                                 backlog: int = 1024) -> None:
+    """:func:`serve`, returning on SIGTERM / SIGINT (after closing the listener), so the
+    caller can close its producer: that deletes its reply queue on the broker instead of
+    leaving it to ``x-expires``."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    server = HTTPServer(app)
+    server.listen(port, HOST, backlog=backlog)
+    await stop.wait()
+    server.stop()

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery
 
-from bench.config import BROKER_URL, LIST_USERS_REDIS, REDIS_URL, queue
+from bench.config import BROKER_URL, LIST_USERS_REDIS, REDIS_URL, SLEEP_REDIS, queue
 
 app = Celery("bench_flower", broker=BROKER_URL, backend=REDIS_URL)
 app.conf.update(task_default_queue=queue(), task_serializer="json", result_serializer="json",
@@ -23,4 +23,10 @@ app.conf.update(task_default_queue=queue(), task_serializer="json", result_seria
 @app.task(name=LIST_USERS_REDIS)  # type: ignore[untyped-decorator]
 def list_users_redis(**filters: Any) -> Any:
     """A stub: the shared worker runs the real body (``bench.worker_app``)."""
+    raise NotImplementedError("runs on the benchmark's worker")
+
+
+@app.task(name=SLEEP_REDIS)  # type: ignore[untyped-decorator]
+def sleep_redis(ms: float = 20) -> Any:
+    """A stub of the latency test's task: the shared worker runs the real body."""
     raise NotImplementedError("runs on the benchmark's worker")
