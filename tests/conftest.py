@@ -47,17 +47,22 @@ def blocking_connection() -> pika.BlockingConnection:
         connection_parameters(BROKER_URL, heartbeat=60, connect_timeout=5))
 
 
-def _delete_run_queues() -> None:
+def delete_queues_and_exchanges(names: list[str]) -> None:
+    """Delete the queues a test declared, and the exchanges of the same names (Celery
+    declares a direct exchange named after each queue)."""
     try:
         conn = blocking_connection()
     except Exception:
         return
     channel = conn.channel()
-    for queue in (worker_app.DEFAULT_QUEUE, worker_app.OTHER_QUEUE):
-        channel.queue_delete(queue)
-    for exchange in (worker_app.DEFAULT_QUEUE, worker_app.OTHER_QUEUE):
-        channel.exchange_delete(exchange)
+    for name in names:
+        channel.queue_delete(name)
+        channel.exchange_delete(name)
     conn.close()
+
+
+def _delete_run_queues() -> None:
+    delete_queues_and_exchanges([worker_app.DEFAULT_QUEUE, worker_app.OTHER_QUEUE])
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tcelery_req_handler import Producer
+from tests.conftest import delete_queues_and_exchanges
 from tests.test_http import Server, body_of, error_of
 from tests.workers import ROOT, CeleryWorker
 
@@ -32,6 +33,7 @@ def example_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         yield env
     finally:
         worker.stop()
+        delete_queues_and_exchanges([QUEUE])
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
