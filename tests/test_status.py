@@ -643,8 +643,8 @@ async def test_backend_down_is_503() -> None:
             response, body = await status(srv, path)
             assert response.code == 503, body
             assert response.headers["Retry-After"] == "1"
-            assert body["error"]["type"] == "BrokerUnavailable"
-            assert "redis://127.0.0.1:" in body["error"]["message"]
+            assert body == {"error": {"type": "BrokerUnavailable", "message":
+                                      "the result backend is unavailable; retry in 1 s"}}
         assert time.monotonic() - t0 < 6
     finally:
         srv.close()
