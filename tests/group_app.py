@@ -1,0 +1,140 @@
+"""The Celery app of the group tests' real worker: Redis results, a queue of the run's own.
+
+``celery -A tests.group_app worker`` runs it; the tests send its tasks from the same module.
+Its queue (``<run prefix>.groups``) and its Redis ``global_keyprefix``
+(``<run prefix>:groups:``) come from ``TCELERY_TEST_PREFIX``, so they are unique to the run,
+and :func:`cleanup` removes them. ``count`` INCRs a Redis counter every time it runs: the
+tests read it to prove that a task ran, or did not.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.signals import worker_ready
+from kombu.utils.url import url_to_parts
+
+PREFIX = os.environ.get("TCELERY_TEST_PREFIX", "tcelery-test")
+BROKER_URL = os.environ.get("TCELERY_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
+REDIS_URL = os.environ.get("TCELERY_TEST_REDIS", "redis://127.0.0.1:6379/0")
+QUEUE = f"{PREFIX}.groups"
+#: A queue no worker consumes: what is sent there stays there, to be counted.
+IDLE_QUEUE = f"{PREFIX}.groups-idle"
+KEYPREFIX = f"{PREFIX}:groups:"
+
+app = Celery("tcelery_group_tests", broker=BROKER_URL, backend=REDIS_URL,
+             set_as_current=False)
+app.conf.update(
+    task_default_queue=QUEUE,
+    result_backend_transport_options={"global_keyprefix": KEYPREFIX},
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    result_expires=None,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+)
+
+_client: redis.Redis | None = None
+
+
+def redis_client() -> redis.Redis:
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(REDIS_URL)
+    return _client
+
+
+def counter_key(name: str) -> str:
+    return f"{KEYPREFIX}counter:{name}"
+
+
+def runs(name: str) -> int:
+    """How many times ``count`` ran with this counter name."""
+    value = redis_client().get(counter_key(name))
+    return int(value) if value is not None else 0
+
+
+@worker_ready.connect
+def _announce_ready(sender: Any = None, **_: Any) -> None:
+    ready_dir = os.environ.get("TCELERY_TEST_READY_DIR")
+    if ready_dir and sender is not None:
+        Path(ready_dir, sender.hostname.split("@")[0]).touch()
+
+
+@app.task(name="groups.count")
+def count(counter: str, x: int, delay: float = 0.0) -> int:
+    """``2 * x``, after INCRing ``counter`` (and sleeping ``delay`` seconds)."""
+    redis_client().incr(counter_key(counter))
+    if delay:
+        time.sleep(delay)
+    return 2 * x
+
+
+@app.task(name="groups.where", bind=True)
+def where(self: Any, x: int) -> dict[str, Any]:
+    """The group headers this member's message carried."""
+    return {"x": x, "group": self.request.group, "group_index": self.request.group_index}
+
+
+@app.task(name="groups.maybe_fail")
+def maybe_fail(x: int) -> int:
+    if x < 0:
+        raise ValueError(f"negative: {x}")
+    return x
+
+
+@app.task(name="groups.sleep")
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def redis_problem() -> str | None:
+    """Why the test Redis does not answer (a message saying how to start it), or None."""
+    parts = url_to_parts(REDIS_URL)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    try:
+        with socket.create_connection((host, port), timeout=3) as sock:
+            sock.sendall(b"PING\r\n")
+            answer = sock.recv(64)
+        if not answer.startswith(b"+PONG"):
+            raise OSError(f"answered {answer!r} to PING")
+    except OSError as exc:
+        return (f"Redis is not reachable at {host}:{port} ({exc}). These tests need a real "
+                "Redis: start one with `redis-server --daemonize yes`, or point "
+                "TCELERY_TEST_REDIS at one.")
+    return None
+
+
+def delete_keys(prefix: str) -> None:
+    client = redis_client()
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+def delete_queues(*names: str) -> None:
+    """Delete RabbitMQ queues and the direct exchanges of the same name."""
+    from tests.conftest import blocking_connection
+
+    conn = blocking_connection()
+    try:
+        channel = conn.channel()
+        for name in names:
+            channel.queue_delete(name)
+            channel.exchange_delete(name)
+    finally:
+        conn.close()
+
+
+def cleanup() -> None:
+    """Delete the run's Redis keys and RabbitMQ queues (and their exchanges)."""
+    delete_keys(KEYPREFIX)
+    delete_queues(QUEUE, IDLE_QUEUE)
