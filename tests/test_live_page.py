@@ -7,7 +7,8 @@
 * the group page (``example/grouptasks.py --embedded``): the summary counts up, every member
   ends SUCCESS with its sum.
 
-Screenshots of the finished pages go to ``docs/live-page.png`` and ``docs/group-page.png``.
+Screenshots of the finished pages go to ``docs/live-page.png`` and ``docs/group-page.png``
+with ``UPDATE_SCREENSHOTS=1`` (the README shows them), else to a temporary directory.
 The browser is Debian's ``chromium`` with its ``chromedriver`` (``scripts/install-browser``
 installs them); a browser that cannot start fails these tests, it never skips them.
 """
@@ -49,7 +50,10 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 pytestmark = pytest.mark.timeout(300)
 
 EXAMPLE = ROOT / "example"
-DOCS = ROOT / "docs"
+#: The README's screenshots are rewritten only when asked (``UPDATE_SCREENSHOTS=1``), so a
+#: test run leaves the checkout clean; otherwise they go to a temporary directory.
+DOCS = ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else Path(
+    tempfile.mkdtemp(prefix="tcelery-screens-"))
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 INSTALL = ROOT / "scripts" / "install-browser"
