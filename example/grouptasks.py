@@ -92,7 +92,7 @@ def make_app(producer: Producer | None = None, **settings: Any) -> tornado.web.A
         tcelery_status_routes("/tasks", handler=SeedTaskJSON, producer=producer),
         tcelery_group_routes(r"/api/grouptasks", tasks.add, producer=producer, timeout=60,
                              name="api-grouptasks"),
-        tcelery_status_routes("/api/tasks", producer=producer),
+        tcelery_status_routes("/api/tasks", producer=producer, name="api-tasks"),
         page_routes("grouptasks.html"),
     ), **settings)
 

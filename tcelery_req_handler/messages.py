@@ -7,16 +7,19 @@ This module does no I/O.
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Mapping, Sequence
+from copy import copy
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
 from celery import Celery
 from celery.app.routes import MapRoute
+from celery.events.event import Event, event_exchange
 from celery.utils.nodenames import anon_nodename
-from celery.utils.time import maybe_make_aware
+from celery.utils.time import maybe_make_aware, utcoffset
 from kombu import Exchange, Queue
 from kombu.compression import compress
 from kombu.serialization import dumps
@@ -112,6 +115,10 @@ class TaskMessage:
     properties: dict[str, Any]
     headers: dict[str, Any]
     declare: Queue | None
+    #: ``(args, kwargs, embed)``: the body before serialization, for the publish signals.
+    payload: tuple[Any, ...] = ()
+    #: Celery's ``task-sent`` event fields, when ``task_send_sent_event`` is on.
+    sent_event: dict[str, Any] | None = None
 
     @property
     def what(self) -> str:
@@ -138,6 +145,34 @@ class ControlMessage:
     @property
     def what(self) -> str:
         return f"{self.method} of task {self.task_id}"
+
+
+def build_sent_event(app: Celery, message: TaskMessage) -> ControlMessage:
+    """The ``task-sent`` event Celery publishes after a task when ``task_send_sent_event`` is
+    on (``EventDispatcher.publish``): on the ``celeryev`` topic exchange, key ``task.sent``."""
+    hostname = message.headers.get("origin") or anon_nodename()
+    exchange = copy(event_exchange)
+    exchange.name = app.conf.event_exchange
+    queue = message.declare
+    event = Event("task-sent", hostname=hostname, utcoffset=utcoffset(), pid=os.getpid(),
+                  clock=app.clock.forward(), **(message.sent_event or {}),
+                  queue=queue.name if queue is not None else None,
+                  exchange=message.exchange, routing_key=message.routing_key)
+    content_type, content_encoding, payload = dumps(event,
+                                                    serializer=app.conf.event_serializer)
+    return ControlMessage(
+        task_id=message.task_id, method="task-sent", exchange=exchange.name,
+        routing_key="task.sent",
+        body=payload.encode(content_encoding) if isinstance(payload, str) else payload,
+        properties={"content_type": content_type, "content_encoding": content_encoding,
+                    "delivery_mode": 1},
+        headers={"hostname": hostname},
+        declaration=QueueDeclaration(
+            name="", durable=bool(exchange.durable), exclusive=False, auto_delete=False,
+            arguments={}, bindings=(),
+            exchanges=((exchange.name, exchange.type, bool(exchange.durable),
+                        bool(exchange.auto_delete), dict(exchange.arguments or {})),)),
+    )
 
 
 def build_revoke(app: Celery, task_ids: Sequence[str], *, terminate: bool = False,
@@ -190,6 +225,8 @@ class MessageBuilder:
         self.default_routing_key: str = conf.task_default_routing_key
         self.repr_maxsize = min(self.amqp.argsrepr_maxsize, self.amqp.kwargsrepr_maxsize)
         self.origin = anon_nodename()
+        self.pid = os.getpid()
+        self.send_sent_event = bool(conf.task_send_sent_event)
         self._routes: dict[str, dict[str, Any]] | None = (
             {} if all(isinstance(r, MapRoute) for r in self.amqp.routes) else None)
 
@@ -251,14 +288,15 @@ class MessageBuilder:
         delivery_mode = opts.pop("delivery_mode", None)
         argsrepr = opts.pop("argsrepr", None)
         kwargsrepr = opts.pop("kwargsrepr", None)
-        headers, properties, body, _ = self.amqp.create_task_message(
+        headers, properties, body, sent_event = self.amqp.create_task_message(
             task_id, name, args, kwargs, opts.pop("countdown", None), opts.pop("eta", None),
             opts.pop("group_id", None), opts.pop("group_index", None), expires,
             opts.pop("retries", 0), None,
             _as_list(opts.pop("link", None)), _as_list(opts.pop("link_error", None)), reply_to,
             opts.pop("time_limit", None), opts.pop("soft_time_limit", None), False,
             opts.pop("root_id", None), opts.pop("parent_id", None), opts.pop("shadow", None),
-            None, origin=self.origin, ignore_result=opts.pop("ignore_result", False),
+            self.send_sent_event, origin=self.origin,
+            ignore_result=opts.pop("ignore_result", False),
             argsrepr=self._repr(args) if argsrepr is None else argsrepr,
             kwargsrepr=self._repr(kwargs) if kwargsrepr is None else kwargsrepr,
         )
@@ -304,7 +342,8 @@ class MessageBuilder:
         properties["content_encoding"] = content_encoding
         return TaskMessage(
             task_id=task_id, name=name, exchange=exchange, routing_key=routing_key or "",
-            body=data, properties=properties, headers=headers, declare=queue,
+            body=data, properties=properties, headers=headers, declare=queue, payload=body,
+            sent_event=sent_event,
         )
 
 
@@ -314,7 +353,7 @@ _builders: weakref.WeakKeyDictionary[Celery, MessageBuilder] = weakref.WeakKeyDi
 def message_builder(app: Celery) -> MessageBuilder:
     """The app's builder, made on first use (configure the app before publishing)."""
     builder = _builders.get(app)
-    if builder is None:
+    if builder is None or builder.pid != os.getpid():  # a forked child: its own origin
         builder = _builders[app] = MessageBuilder(app)
     return builder
 

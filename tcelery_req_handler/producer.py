@@ -14,16 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import Celery
 from kombu.utils.uuid import uuid
 
+from . import tracing
 from .backends import ResultSource, backend_scheme, open_result_source
-from .errors import BrokerUnavailable, ConfigurationError, Overloaded, UnknownTask
+from .errors import BrokerUnavailable, ConfigurationError, Overloaded, TCeleryError, UnknownTask
 from .groups import TaskGroup
-from .messages import QueueDeclaration, build_message, build_revoke, check_options
+from .messages import (
+    QueueDeclaration,
+    TaskMessage,
+    build_message,
+    build_revoke,
+    build_sent_event,
+    check_options,
+)
 from .results import PENDING, ResultRegistry, TaskResult
 from .transports import Transport, transport_kind
 from .transports.amqp import AmqpTransport, connection_parameters
@@ -116,6 +125,7 @@ class Producer:
                 status_max=status_max)
         self.result_backend = backend_scheme(celery_app) or "disabled"
         self._closed = False
+        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed" if self._closed else "disconnected"
@@ -246,7 +256,7 @@ class Producer:
         try:
             if reply and source is not None and source.watches:
                 await source.watch(result)  # subscribed before the task can run
-            await self.transport.publish(message, self.publish_timeout)
+            await self._publish_task(message)
         except BaseException:
             if reply:
                 self.results.discard(task_id)
@@ -254,6 +264,30 @@ class Producer:
                 source.unwatch(task_id)
             raise
         return result
+
+    async def _publish_task(self, message: TaskMessage) -> None:
+        """Publish one task as Celery's ``send_task_message`` does: Sentry's headers and
+        ``before_task_publish``, the publish (returned once confirmed),
+        ``after_task_publish``, then the ``task-sent`` event if the app sends them. The
+        signals are sent from this one coroutine, around the await of the confirm."""
+        self._check_process()
+        tracing.before_publish(self.app, message)
+        await self.transport.publish(message, self.publish_timeout)
+        tracing.after_publish(message)
+        if message.sent_event is not None:
+            try:
+                await self.transport.publish(build_sent_event(self.app, message),
+                                             self.publish_timeout)
+            except TCeleryError as exc:  # the task is sent: a lost event must not fail it
+                log.warning("task-sent event of %s not published: %s", message.task_id, exc)
+
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise ConfigurationError(
+                f"this producer was set up in process {self._pid}, and this is process "
+                f"{os.getpid()} (a fork): its connection belongs to the parent. Set up a "
+                "producer in each child, after fork_processes(), with "
+                "setup_nonblocking_producer()")
 
     # -- any task, by id ----------------------------------------------------------------------
     async def result(self, task_id: str) -> TaskResult:
@@ -331,9 +365,8 @@ class Producer:
                 await source.store_success(messages[index].task_id, value, group_id)
                 self.results.feed(messages[index].task_id,
                                   {"status": "SUCCESS", "result": value})
-            outcomes = await asyncio.gather(
-                *(self.transport.publish(message, self.publish_timeout) for message in sent),
-                return_exceptions=True)
+            outcomes = await asyncio.gather(*(self._publish_task(m) for m in sent),
+                                            return_exceptions=True)
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
@@ -363,6 +396,7 @@ class Producer:
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         if not ids:
             return
+        self._check_process()
         if terminate and not getattr(self.transport, "can_terminate", True):
             log.info("the embedded worker cannot terminate running tasks: only revoking %s",
                      ", ".join(ids))

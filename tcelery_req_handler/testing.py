@@ -79,7 +79,13 @@ try:
 except ImportError:  # pragma: no cover - the plugin needs pytest; the rest does not
     pass
 else:
-    @pytest.fixture
+    try:  # pytest-asyncio's own decorator: a plain @pytest.fixture coroutine is only run
+        # in its "auto" mode, and "strict" is its default
+        from pytest_asyncio import fixture as _async_fixture
+    except ImportError:  # pragma: no cover - another plugin runs async fixtures
+        _async_fixture = pytest.fixture
+
+    @_async_fixture
     async def tcelery_producer(tcelery_app: Celery) -> AsyncIterator[Producer]:
         """An embedded producer for your ``tcelery_app`` fixture, installed for every route
         (needs pytest-asyncio, or another plugin that runs async fixtures)."""

@@ -47,6 +47,8 @@ except ImportError:  # pragma: no cover - the [redis] extra is not installed
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: Connections for GET/MGET/SET besides the pub/sub one (waits share a few round trips).
+_POOL_SIZE = 32
 #: Seconds without any message before the connection is probed; two silent ticks in a row
 #: mean a dead connection (a silent partition sends no FIN).
 _TICK = 5.0
@@ -287,9 +289,13 @@ class RedisSource(ResultSource):
         """Connect, subscribe every watched channel again, wait for the confirmations, then
         read every watched key: returns whatever was published or stored meanwhile, as
         ``(channel, payload)`` in arrival order, for the supervisor to deliver once up."""
-        self._client = aioredis.Redis.from_url(
-            self._url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=self.connect_timeout,
+        # A bounded pool that makes a burst of reads queue for a connection (for at most
+        # connect_timeout) instead of failing past redis-py's default of 100.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self._url, max_connections=_POOL_SIZE, timeout=self.connect_timeout,
+            retry=Retry(NoBackoff(), 0), socket_connect_timeout=self.connect_timeout,
             **_ssl_options(self.app))
+        self._client = aioredis.Redis(connection_pool=pool)
         await self._client.ping()
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=False)
         channels = list(self._channels)
@@ -331,6 +337,8 @@ class RedisSource(ResultSource):
                     raise BrokerUnavailable("the result backend stopped answering",
                                             service="result backend")
                 await self._pubsub.ping()
+                swept = loop.time()
+                self._sweep()  # a quiet connection still lets go of abandoned channels
                 continue
             silent = 0
             self._handle(message)
@@ -427,7 +435,7 @@ class RedisSource(ResultSource):
                 await asyncio.wait_for(pubsub.aclose(), 1.0)
         if client is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.aclose(), 1.0)
+                await asyncio.wait_for(client.aclose(close_connection_pool=True), 1.0)
 
     def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
         if isinstance(exc, BrokerUnavailable):

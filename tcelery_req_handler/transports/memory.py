@@ -143,6 +143,7 @@ class MemoryTransport(Transport):
         self._idle_waiters: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous_default_app: Celery | None = None
+        self._previous_join_will_block = False
 
     @property
     def connected(self) -> bool:
@@ -188,6 +189,10 @@ class MemoryTransport(Transport):
         app.set_current()
         self._previous_default_app = celery_state.default_app
         app.set_default()  # given back when the worker stops
+        # Building the worker sets Celery's process-wide "a join would block" flag (the pool's
+        # tasks must not call AsyncResult.get()): put back when it stops, else every later
+        # sync .get() in the process raises "Never call result.get() within a task!".
+        self._previous_join_will_block = celery_state.task_join_will_block()
         signals.task_postrun.connect(self._on_task_done, weak=False)
         signals.task_revoked.connect(self._on_task_done, weak=False)
         self._connection = Connection(hostname="localhost", transport=TRANSPORT)
@@ -312,6 +317,7 @@ class MemoryTransport(Transport):
             memory.Channel.queues.pop(name, None)
 
     def _stop(self, worker: Any, thread: threading.Thread) -> None:
+        _wake_timer_for_shutdown(getattr(worker, "timer", None))
         worker.stop(in_sighandler=False, exitcode=0)
         ARRIVALS.notify()
         thread.join(self.stop_timeout)
@@ -319,4 +325,17 @@ class MemoryTransport(Transport):
             log.warning("the embedded worker did not stop within %gs", self.stop_timeout)
         if celery_state.default_app is self.app:  # the embedded app stops being the default
             celery_state.default_app = self._previous_default_app
+        celery_state._set_task_join_will_block(self._previous_join_will_block)
 
+
+def _wake_timer_for_shutdown(timer: Any) -> None:
+    """Let the worker's ETA timer (``celery.utils.timer2.Timer``, a thread) stop at once: with
+    nothing scheduled it waits on its condition for up to a second and ``Timer.stop`` does not
+    wake it, so every stop of a worker that ever ran a countdown or a retry took a second."""
+    shutdown = getattr(timer, "_Timer__is_shutdown", None)
+    condition = getattr(timer, "not_empty", None)
+    if shutdown is None or condition is None or not getattr(timer, "running", False):
+        return
+    shutdown.set()
+    with condition:
+        condition.notify_all()

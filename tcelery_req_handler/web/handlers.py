@@ -30,7 +30,10 @@ from .status import status_url
 log = logging.getLogger(__name__)
 
 VERBS = ("get", "post", "put", "delete")
-_ARGUMENT = re.compile(r"argument:? '([^']+)'")
+# The argument a TypeError names: an unexpected one is any string (``''``, ``"a'b"``), so
+# it is read up to the closing quote at the end; a missing one is an identifier.
+_ARGUMENT = re.compile(r"(?:unexpected keyword|multiple values for) argument '(.*)'$"
+                       r"|arguments?:? '([^']+)'")
 _OVERRIDES: dict[tuple[type, str], bool] = {}
 
 
@@ -93,7 +96,7 @@ class TaskHandler:
                         kwargs: Mapping[str, Any]) -> None:
         """A 400 naming the argument when the task (known in this process) cannot take these
         arguments: a missing one, or one it has no parameter for. Nothing is sent."""
-        task = spec.task or self.handler.the_producer().app._tasks.get(spec.name)
+        task = spec.task or _registry(self.handler.the_producer().app).get(spec.name)
         header = getattr(task, "__header__", None) if getattr(task, "typing", True) else None
         if header is None:
             return
@@ -103,7 +106,8 @@ class TaskHandler:
             named = _ARGUMENT.search(str(exc))
             raise RequestError(400, f"task {spec.name} cannot take these arguments: "
                                     f"{_without_function(str(exc))}",
-                               **({"argument": named.group(1)} if named else {})) from None
+                               **({"argument": next(g for g in named.groups() if g is not None)}
+                                  if named else {})) from None
 
     def options(self, spec: TaskSpec) -> Mapping[str, Any]:
         """The ``apply_async`` options of one task: the route's, then the spec's."""
@@ -204,6 +208,16 @@ class TaskHandler:
 
     async def delete_async(self, /, *args: Any, **kwargs: Any) -> list[str]:
         return await self.fire("delete", *args, **kwargs)
+
+
+def _registry(app: Any) -> Mapping[str, Any]:
+    """The app's tasks by name. ``app.tasks`` finalizes the app first (as Celery does on
+    first use): until then ``app._tasks`` lacks every ``@app.task`` not yet touched, and a
+    route naming one (by name, or with a signature) would go unchecked."""
+    try:
+        return app.tasks  # type: ignore[no-any-return]
+    except RuntimeError:  # autofinalize=False and not finalized: what is registered
+        return app._tasks  # type: ignore[no-any-return]
 
 
 def _without_function(message: str) -> str:

@@ -230,7 +230,9 @@ def tcelery_status_routes(prefix: str = "/tasks", handler: Any = None,
     {prefix}/<id>/events`` (Server-Sent Events) and ``DELETE {prefix}/<id>`` (revoke).
 
     Options: ``timeout`` (the longest ``?wait``, default 30 s), ``stream_timeout`` (the
-    longest event stream, default 3600 s), ``producer``, ``cors``. ``handler`` is a mixin (or a
+    longest event stream, default 3600 s), ``producer``, ``cors``, ``name`` (the route
+    name; fire-and-forget routes point at the status routes named ``tcelery.task_status``,
+    the default: give a second mount another name). ``handler`` is a mixin (or a
     RequestHandler subclass, e.g. the app's login base) put before both handlers.
     """
     if not isinstance(prefix, str) or not prefix.startswith("/"):
@@ -240,6 +242,7 @@ def tcelery_status_routes(prefix: str = "/tasks", handler: Any = None,
                                     options.pop("stream_timeout", DEFAULT_STREAM_TIMEOUT))
     producer = _check_producer(options.pop("producer", None))
     cors = _check_cors(options.pop("cors", None))
+    name = options.pop("name", TASK_STATUS_ROUTE)
     if options:
         raise TypeError(f"unsupported status route option {sorted(options)[0]!r}")
     if producer is not None:
@@ -254,7 +257,7 @@ def tcelery_status_routes(prefix: str = "/tasks", handler: Any = None,
         URLSpec(rf"{base}/([^/]+)",
                 _handler_class(TaskStatusHandler, handler, base, dict(members),
                                any_request_handler=True),
-                name=TASK_STATUS_ROUTE),
+                name=name),
     ]
 
 
