@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,14 +69,16 @@ class CeleryWorker:
         return [c.pid for c in psutil.Process(self.proc.pid).children()]
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Warm shutdown; SIGKILL the whole group if it does not exit in time."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        """Warm shutdown; SIGKILL the whole group if it does not exit in time. The worker's
+        directory (its log) goes too, unless ``TCELERY_KEEP_WORKER_LOGS=1``."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if os.environ.get("TCELERY_KEEP_WORKER_LOGS") != "1":
+            shutil.rmtree(self.ready_dir, ignore_errors=True)
 
     def kill(self) -> None:
         """SIGKILL the worker and its pool at once (a crash, as far as the broker can tell)."""
