@@ -83,7 +83,7 @@ else:
         # in its "auto" mode, and "strict" is its default
         from pytest_asyncio import fixture as _async_fixture
     except ImportError:  # pragma: no cover - another plugin runs async fixtures
-        _async_fixture = pytest.fixture
+        _async_fixture = pytest.fixture  # type: ignore[assignment]
 
     @_async_fixture
     async def tcelery_producer(tcelery_app: Celery) -> AsyncIterator[Producer]:
