@@ -210,6 +210,9 @@ class MemoryTransport(Transport):
         thread.start()
         if not worker._on_started.wait(self.start_timeout):
             raise RuntimeError(f"worker not ready within {self.start_timeout:g}s")
+        # As celery.contrib.testing does: the process's own code (a user's test, say) may call
+        # a stock AsyncResult.get() while the embedded worker runs.
+        celery_state._set_task_join_will_block(False)
 
     async def publish(self, message: TaskMessage | ControlMessage, timeout: float) -> None:
         await self.connect()
