@@ -70,6 +70,20 @@ class QueueDeclaration:
     bindings: tuple[tuple[str, str, dict[str, Any]], ...]
 
 
+def exchange_declaration(exchange: Exchange) -> QueueDeclaration:
+    """A declaration of ``exchange`` alone (no queue: the name is empty), as kombu declares
+    it before publishing to it."""
+    return QueueDeclaration(
+        name="", durable=bool(exchange.durable), exclusive=False, auto_delete=False,
+        arguments={}, bindings=(),
+        exchanges=(_exchange_arguments(exchange),))
+
+
+def _exchange_arguments(exchange: Exchange) -> tuple[str, str, bool, bool, dict[str, Any]]:
+    return (exchange.name, exchange.type, bool(exchange.durable), bool(exchange.auto_delete),
+            dict(exchange.arguments or {}))
+
+
 def queue_declaration(queue: Queue) -> QueueDeclaration:
     """Translate a kombu Queue (from ``app.amqp.queues``) into declaration arguments."""
     exchanges: list[tuple[str, str, bool, bool, dict[str, Any]]] = []
@@ -77,8 +91,7 @@ def queue_declaration(queue: Queue) -> QueueDeclaration:
 
     def add_exchange(exchange: Exchange) -> None:
         if exchange is not None and exchange.name:
-            exchanges.append((exchange.name, exchange.type, bool(exchange.durable),
-                              bool(exchange.auto_delete), dict(exchange.arguments or {})))
+            exchanges.append(_exchange_arguments(exchange))
 
     add_exchange(queue.exchange)
     if queue.exchange is not None and queue.exchange.name:
@@ -166,12 +179,7 @@ def build_sent_event(app: Celery, message: TaskMessage) -> ControlMessage:
         body=payload.encode(content_encoding) if isinstance(payload, str) else payload,
         properties={"content_type": content_type, "content_encoding": content_encoding,
                     "delivery_mode": 1},
-        headers={"hostname": hostname},
-        declaration=QueueDeclaration(
-            name="", durable=bool(exchange.durable), exclusive=False, auto_delete=False,
-            arguments={}, bindings=(),
-            exchanges=((exchange.name, exchange.type, bool(exchange.durable),
-                        bool(exchange.auto_delete), dict(exchange.arguments or {})),)),
+        headers={"hostname": hostname}, declaration=exchange_declaration(exchange),
     )
 
 
@@ -194,11 +202,7 @@ def build_revoke(app: Celery, task_ids: Sequence[str], *, terminate: bool = Fals
                     "delivery_mode": _DELIVERY_MODES.get(exchange.delivery_mode,
                                                          exchange.delivery_mode) or 1},
         headers={"clock": mailbox.clock.forward(), "expires": 0},
-        declaration=QueueDeclaration(
-            name="", durable=bool(exchange.durable), exclusive=False, auto_delete=False,
-            arguments={}, bindings=(),
-            exchanges=((exchange.name, exchange.type, bool(exchange.durable),
-                        bool(exchange.auto_delete), dict(exchange.arguments or {})),)),
+        declaration=exchange_declaration(exchange),
     )
 
 
