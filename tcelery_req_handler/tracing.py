@@ -43,8 +43,8 @@ def after_publish(message: TaskMessage) -> None:
 
 def _sentry_headers(headers: dict[str, Any]) -> None:
     """What Sentry's Celery integration adds in ``apply_async``: ``sentry-trace``,
-    ``baggage`` and ``sentry-task-enqueued-time``, at the top level and again under
-    ``headers["headers"]``, where the worker side reads them (celery#4875)."""
+    ``baggage`` and ``sentry-task-enqueued-time`` (whole seconds here), at the top level and
+    again under ``headers["headers"]``, where the worker side reads them (celery#4875)."""
     sentry_sdk: Any = sys.modules["sentry_sdk"]
     try:
         if not sentry_sdk.get_client().is_active():
@@ -53,7 +53,9 @@ def _sentry_headers(headers: dict[str, Any]) -> None:
         baggage = sentry_sdk.get_baggage()
     except Exception:  # an old or half-initialised SDK: publish without its headers
         return
-    extra: dict[str, Any] = {"sentry-task-enqueued-time": time.time()}
+    # Whole seconds: pika cannot put a float in a header table (the publish would fail), and
+    # Sentry's worker subtracts this from its clock, so it must stay a number.
+    extra: dict[str, Any] = {"sentry-task-enqueued-time": int(time.time())}
     if traceparent:
         extra["sentry-trace"] = traceparent
     if baggage:
