@@ -297,10 +297,11 @@ class MessageBuilder:
             opts.pop("group_id", None), opts.pop("group_index", None), expires,
             opts.pop("retries", 0), None,
             _as_list(opts.pop("link", None)), _as_list(opts.pop("link_error", None)), reply_to,
-            opts.pop("time_limit", None), opts.pop("soft_time_limit", None), False,
-            opts.pop("root_id", None), opts.pop("parent_id", None), opts.pop("shadow", None),
-            self.send_sent_event, origin=self.origin,
-            ignore_result=opts.pop("ignore_result", False),
+            opts.pop("time_limit", None), opts.pop("soft_time_limit", None),
+            self.send_sent_event, opts.pop("root_id", None), opts.pop("parent_id", None),
+            opts.pop("shadow", None), None, origin=self.origin,
+            # as Celery: the task's own setting, or None (the worker decides) for a name
+            ignore_result=opts.pop("ignore_result", getattr(task_type, "ignore_result", None)),
             argsrepr=self._repr(args) if argsrepr is None else argsrepr,
             kwargsrepr=self._repr(kwargs) if kwargsrepr is None else kwargsrepr,
         )

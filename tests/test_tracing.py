@@ -38,17 +38,13 @@ TASK = t.traced.name
 SENTRY_KEYS = ("sentry-trace", "baggage", "sentry-task-enqueued-time")
 
 
-def _chain_slot_bug() -> bool:
-    """MessageBuilder.build passes ``task_send_sent_event`` to ``create_task_message`` in
-    the ``chain`` slot (and False as ``create_sent_event``): no event is ever built, and the
-    body's ``chain`` is False, or True with events on, instead of None."""
+def test_the_message_body_and_sent_event_are_celerys() -> None:
+    """``create_sent_event`` and ``chain`` in their own slots: the event is built when the app
+    asks for it, and the body's ``chain`` is None, as Celery's own ``send_task`` makes it."""
     message = build_message(t.make_app(sent_events=True), TASK, (), {}, {}, "")
-    return message.sent_event is None or message.payload[2]["chain"] is not None
-
-
-CHAIN_SLOT_BUG = _chain_slot_bug()
-CHAIN_SLOT_REASON = ("library bug: MessageBuilder.build puts create_sent_event in "
-                     "create_task_message's chain slot (tcelery_req_handler/messages.py)")
+    assert message.sent_event is not None and message.sent_event["name"] == TASK
+    assert message.payload[2]["chain"] is None
+    assert build_message(t.make_app(), TASK, (), {}, {}, "").sent_event is None
 
 
 # -- fixtures and helpers -------------------------------------------------------------------
@@ -296,8 +292,6 @@ def event_queue() -> Iterator[EventQueue]:
 
 
 async def test_task_sent_event(event_queue: EventQueue, tracing_worker: Path) -> None:
-    if CHAIN_SLOT_BUG:
-        pytest.xfail(CHAIN_SLOT_REASON)
     events_app = t.make_app(sent_events=True)
     async with Producer(events_app, result_timeout=20) as producer:
         before = time.time()
@@ -449,6 +443,4 @@ async def test_publish_signals_match_celerys(capture: SignalCapture, tproducer: 
     await result.get(timeout=20)
     assert result.result["mark"] == f"mark-{result.task_id}"
 
-    if CHAIN_SLOT_BUG:
-        pytest.xfail(CHAIN_SLOT_REASON)
     assert o_before["body"][2] == c_before["body"][2]  # callbacks, errbacks, chain, chord
