@@ -285,3 +285,10 @@ async def test_ten_thousand_concurrent_waits_share_one_connection(producer: Prod
     assert values == [i + 1 for i in range(10_000)]
     assert threading.active_count() == threads_before
     assert producer.transport.connection is connection  # one connection carried all of it
+
+
+async def test_float_headers_reach_the_worker_as_floats(producer: Producer) -> None:
+    # pika encodes no float in a header table; Celery's own headers hold them (timelimit).
+    result = await producer.apply_async(worker_app.headers_seen, time_limit=7.5,
+                                        headers={"ratio": 0.25})
+    assert await result.get(timeout=10) == {"timelimit": [7.5, None], "ratio": 0.25}

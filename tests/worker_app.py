@@ -103,3 +103,10 @@ def touch(path: str) -> str:
 def add_ints(x: str | int, y: str | int) -> int:
     """URL path groups arrive as strings."""
     return int(x) + int(y)
+
+
+@app.task(bind=True)
+def headers_seen(self: Any) -> dict[str, Any]:
+    """What the worker decoded of a message's float headers."""
+    return {"timelimit": list(self.request.timelimit or ()),
+            "ratio": getattr(self.request, "ratio", None)}
