@@ -35,12 +35,20 @@ Design, and why:
   path, query, form or JSON body, malformed, non-object or too deep JSON, a malformed form,
   a file upload, the same argument from two sources, a kwarg fixed by the route → 400
   naming the problem (``error.argument``/``source``/``sources``/``fields`` exactly); another
-  media type → 415; else 200 with exactly what ``echo`` must return, 202 with one id per
-  task, and 500 only from ``/fail``, whose task raises on purpose (``state`` FAILURE, a
-  ``task_id``, the exception's type and message). Query strings and form bodies are decoded
-  with ``urllib.parse`` as the reference, JSON with ``json``. Every answer must be strict
-  JSON (no NaN) with an ``application/json`` type, HEAD answers no body at all; no other
-  status (no 502/503/504) is accepted.
+  media type → 415; arguments ``fail(message)`` cannot take, on ``/fail`` and on
+  ``/multi-fail`` (whose other task, ``echo``, would take them) → 400 naming the first
+  unexpected kwarg, else the missing ``message`` (the signature check, before anything is
+  sent); else 200 with exactly what ``echo`` must return, 202 with one id per task, and 500
+  only from the fail routes, whose task raises on purpose (``state`` FAILURE, a ``task_id``,
+  the exception's type and message), or from ``/fail-remote``, whose app skips the check
+  (Celery's ``strict_typing=False``): there the worker's TypeError is the 500. HEAD is the
+  GET's answer without a body (405 where the route has no GET); OPTIONS is a 204 with
+  ``Allow`` (the route's verbs, HEAD where GET, OPTIONS), no body and no type, or a 413 from
+  ``Content-Length`` (a chunked body is never read). Query strings and form bodies are
+  decoded with ``urllib.parse`` as the reference, JSON with ``json``. Every other answer
+  must be strict JSON (no NaN) with an ``application/json`` type; no route has ``cors=``, so
+  no answer carries an ``Access-Control-*`` header (an ``Origin`` is among the drawn
+  headers); no other status (no 502/503/504) is accepted.
 * **Memory**: the server's RSS after the warm-up and at the end may differ by at most
   :data:`RSS_GROWTH_BOUND`; the reasoning is next to the constant. The server log must not
   hold a traceback, and the worker must still be alive.
@@ -52,7 +60,10 @@ NaN / Infinity accepted and echoed as invalid JSON; a float overflow (``1e400``)
 ``Infinity``; integers of over 4300 digits → 500; JSON nested a few hundred levels killing
 the prefork worker (the message is redelivered to the next one: a poison message); an
 argument named ``self``, which Celery's worker cannot pass to a task (a 500 from a task that
-never ran; now a 400).
+never ran; now a 400). Adapting it to the signature check found two more: a task named by a
+signature or by name went unchecked until the app happened to be finalized (``app._tasks``
+lacks ``@app.task`` functions not yet touched), and an argument name with a quote or an
+empty one was named wrongly or not at all in ``error.argument``.
 """
 
 from __future__ import annotations
@@ -106,7 +117,8 @@ KINDS = frozenset({  # the oracle's categories of answers
     "400-path-utf8", "400-query-utf8", "400-form-utf8", "400-json-utf8", "400-json-deep",
     "400-json-constant", "400-json-overflow", "400-json-number", "400-self",
     "400-json-malformed", "400-json-not-object", "400-form-malformed", "400-file-upload",
-    "400-conflict", "400-fixed", "415", "500-ValueError", "500-TypeError", "400-invalid-body"})
+    "400-conflict", "400-fixed", "415", "500-ValueError", "500-TypeError", "400-invalid-body",
+    "400-signature", "204-options", "200-head", "405-head"})
 
 
 # --------------------------------------------------------------------------- the requests
@@ -249,7 +261,7 @@ unknown_paths = weighted(  # (mostly: a random one may match a route)
 )
 paths = weighted(
     (12, st.sampled_from(["/echo", "/small", "/multi", "/fixed", "/fail", "/fire",
-                          "/delete-only"])),
+                          "/delete-only", "/fail-remote", "/multi-fail"])),
     (6, segment.map(lambda s: f"/echo/{s}")),
     (3, st.tuples(segment, segment).map(lambda t: f"/pos/{t[0]}/{t[1]}")),
     (1, long_segment.map(lambda s: f"/echo/{s}")),
@@ -456,6 +468,11 @@ extra_headers = weighted((3, st.just([])), (1, st.lists(st.one_of(
 GROUP = re.compile(r"\((?:\?P<\w+>)?\[\^/\]\+\)")  # a route's ``([^/]+)`` groups
 
 
+def fails(route: Route) -> bool:
+    """Whether one of the route's tasks is ``fail`` (which takes exactly ``message``)."""
+    return any(task.kind == "fail" for task in route.tasks)
+
+
 @st.composite
 def requests(draw: st.DrawFn) -> Req:
     """Mostly requests a route can serve (valid verb, path and arguments), the rest not."""
@@ -472,7 +489,7 @@ def requests(draw: st.DrawFn) -> Req:
         verbs = route.verbs if shape == "route" else [
             m for m in KNOWN_METHODS if m not in route.verbs]
         method = draw(st.sampled_from(verbs))
-        if route.tasks[0].kind == "fail" and draw(st.booleans()):
+        if fails(route) and draw(st.booleans()):
             query = "message=" + quote_from_bytes(draw(url_value), safe="")
         elif bool(route.tasks[0].fixed) and draw(chance(3)):
             query = f"{query or ''}&fixed=" + quote_from_bytes(draw(url_value), safe="")
@@ -481,7 +498,7 @@ def requests(draw: st.DrawFn) -> Req:
     content_type: str | None
     if draw(chance(200)):
         body, content_type, parts, depth = draw(huge_bodies), draw(json_type), None, 0
-    elif route.tasks[0].kind == "fail" and query and query.startswith("message="):
+    elif fails(route) and query and query.startswith("message="):
         body, content_type, parts, depth = b"", draw(st.none() | json_type), None, 0
     else:
         body, content_type, parts, depth = draw(bodies)
@@ -639,9 +656,17 @@ def body_arguments(req: Req) -> tuple[str, dict[str, Any]]:
 def expect(req: Req) -> Expected:
     """The one answer the README promises for ``req``."""
     try:
-        return _expect(req)
+        expected = _expect(req)
     except Refused as refused:
-        return refused.expected
+        expected = refused.expected
+    if req.method == "HEAD" and expected.kind == "200":
+        expected.kind = "200-head"  # the GET's answer, without its body
+    return expected
+
+
+def options_allow(route: Route) -> list[str]:
+    """``Allow`` of an OPTIONS answer: the route's verbs, HEAD where GET runs, OPTIONS."""
+    return [*route.verbs, *(["HEAD"] if "GET" in route.verbs else []), "OPTIONS"]
 
 
 def _expect(req: Req) -> Expected:
@@ -670,7 +695,16 @@ def _expect(req: Req) -> Expected:
             raise bad_request("400-path-utf8", "Invalid unicode") from None
     path_kwargs = groups if named else {}
     path_args = [] if named else list(groups.values())
-    if req.method not in route.verbs:
+    if req.method == "OPTIONS":  # the body is never read: only its Content-Length counts
+        if len(req.body) > route.max_body_size and not req.chunk:
+            return Expected(413, "413-length", "PayloadTooLarge", "exceeds the limit",
+                            {"limit": route.max_body_size})
+        return Expected(204, "204-options", allowed=options_allow(route))
+    if req.method == "HEAD" and "GET" not in route.verbs:
+        return Expected(405, "405-head", "MethodNotAllowed", "HEAD is not mapped",
+                        allowed=list(route.verbs))
+    verb = "GET" if req.method == "HEAD" else req.method  # HEAD runs the GET
+    if verb not in route.verbs:
         return Expected(405, "405-unmapped", "MethodNotAllowed",
                         f"{req.method} is not mapped", allowed=list(route.verbs))
     if len(req.body) > route.max_body_size:
@@ -697,9 +731,17 @@ def _expect(req: Req) -> Expected:
                 raise bad_request("400-fixed", "fixed by the route", argument=name)
     if route.fire:
         return Expected(202, "202", task_ids=len(route.tasks))
-    if route.tasks[0].kind == "fail":
-        if path_args or set(kwargs) != {"message"}:
-            return Expected(500, "500-TypeError", "TypeError", failure="TypeError")
+    if fails(route):
+        assert not path_args, "the fail routes have no path groups"
+        if set(kwargs) != {"message"}:
+            if route.unchecked:  # the web process cannot check: the worker's TypeError
+                return Expected(500, "500-TypeError", "TypeError", failure="TypeError")
+            # Checked against fail(message) before anything is sent, on every task of the
+            # route: Python names the first unexpected kwarg, else the missing ``message``.
+            raise bad_request("400-signature",
+                              "task tests.worker_app.fail cannot take these arguments: ",
+                              argument=next((name for name in kwargs if name != "message"),
+                                            "message"))
         return Expected(500, "500-ValueError", "ValueError", str(kwargs["message"]),
                         failure="ValueError")
     results = [{"args": [*task.args, *path_args], "kwargs": {**task.fixed, **kwargs}}
@@ -772,7 +814,7 @@ class Connection:
                 await writer.drain()
                 status, headers = await self._head(reader, await reader.readline())
             assert not 100 <= status < 200, f"unexpected interim answer {status}"
-            body = await self._body(reader, req, headers)
+            body = await self._body(reader, req, status, headers)
         except BaseException:
             self.close()
             raise
@@ -795,8 +837,10 @@ class Connection:
         return int(status), headers
 
     @staticmethod
-    async def _body(reader: asyncio.StreamReader, req: Req, headers: dict[str, str]) -> bytes:
-        if req.method == "HEAD":
+    async def _body(reader: asyncio.StreamReader, req: Req, status: int,
+                    headers: dict[str, str]) -> bytes:
+        if req.method == "HEAD" or status in (204, 304):  # no body, and no length for one
+            assert status != 204 or not {"content-length", "transfer-encoding"} & set(headers)
             return b""
         if headers.get("transfer-encoding", "").lower() == "chunked":
             data = b""
@@ -847,11 +891,19 @@ def check(req: Req, exp: Expected, reply: Reply) -> None:
     """Fail, naming the request, unless ``reply`` is exactly the answer ``exp`` describes."""
     where = f"\n{req!r}\n-> {reply.status} {reply.headers} {reply.body[:500]!r}"
     assert reply.status == exp.status, f"expected {exp.status} ({exp.kind}){where}"
-    assert reply.headers.get("content-type", "").startswith("application/json"), where
     if exp.allowed is not None:
         assert reply.headers.get("allow") == ", ".join(exp.allowed), where
+    # No route has cors=: an Origin header (drawn among the extra headers) gets nothing.
+    assert not any(name.startswith("access-control-") for name in reply.headers), where
+    if exp.status == 204:  # OPTIONS: Allow, and neither a body nor a type
+        assert reply.body == b"" and "content-type" not in reply.headers, where
+        return
+    assert reply.headers.get("content-type", "").startswith("application/json"), where
     if req.method == "HEAD":
-        assert reply.body == b"", where  # (the next answer on the connection proves it)
+        # The GET's answer without its body (the next answer on the connection proves that
+        # none came); its Content-Length still counts the body a GET would get.
+        assert reply.body == b"", where
+        assert int(reply.headers["content-length"]) > 0, where
         return
     try:
         body = strict_json(reply.body)
@@ -897,8 +949,9 @@ EVERY_REFUSAL = [
     Req("GET", "/nowhere"),
     Req("BREW", "/echo"),
     Req("BREW", "/nowhere", b"{}", J),
-    Req("HEAD", "/echo"),
-    Req("OPTIONS", "/fire"),
+    Req("HEAD", "/small"),
+    Req("HEAD", "/fail?a=1"),
+    Req("OPTIONS", "/small", b"x" * 65, J),
     Req("DELETE", "/fail?message=x", b'{"a": 1}', J),
     Req("GET", "/echo/%FF%FE"),
     Req("POST", "/small", b'{"pad": "' + b"x" * 60 + b'"}', J),
@@ -929,12 +982,17 @@ EVERY_REFUSAL = [
     Req("GET", "/fixed?fixed=no"),
     Req("GET", "/fail?message=kaput"),
     Req("POST", "/fire", b'{"a": 1}', J),
+    Req("GET", "/fail"),
+    Req("POST", "/fail?message=x", b'{"": 1}', J),
+    Req("POST", "/multi-fail", b"message=x&it's=1", FORM_TYPES[0]),
+    Req("GET", "/fail-remote?a=1"),
+    Req("GET", "/multi-fail?message=boom"),
 ]
 EVERY_SUCCESS = [
     Req("GET", "/echo?a=1&a=2&b&c="),
     Req("GET", "/pos/%C3%A9/x%20y?z=1"),
     Req("GET", "/multi?k=v"),
-    Req("GET", "/fail"),
+    Req("GET", "/fail-remote"),
     Req("POST", "/echo", b'{"a": 1, "a": 2, "b": [1, {"c": null}]}', J),
     Req("POST", "/echo", _form_part("a", b"1") + _form_part("a", "\u00e9".encode())
         + _form_part("\u00e9", b"2") + b"--BoUnDaRy0123--\r\n", MP,
@@ -949,6 +1007,11 @@ EVERY_SUCCESS = [
     Req("POST", "/small", b'{"pad": "' + b"x" * 53 + b'"}', J, expect=True),
     Req("PUT", "/fire", b"", close=True),
     Req("GET", "/fixed?other=1", headers=(("Accept", "text/html"),)),
+    Req("HEAD", "/echo?a=1"),
+    Req("HEAD", "/multi", headers=(("Origin", "http://evil.example"),)),
+    Req("OPTIONS", "/echo/x"),
+    Req("OPTIONS", "/fire", b"x" * 5000, J, chunk=1000),
+    Req("OPTIONS", "/delete-only", b"{}", J),
 ]
 
 
