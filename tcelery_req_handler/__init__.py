@@ -33,6 +33,8 @@ from .web.routes import (
     routes,
     tcelery_async_routes,
     tcelery_group_routes,
+    tcelery_health_routes,
+    tcelery_metrics_routes,
     tcelery_routes,
     tcelery_status_routes,
 )
@@ -68,6 +70,8 @@ __all__ = [
     "setup_nonblocking_producer",
     "tcelery_async_routes",
     "tcelery_group_routes",
+    "tcelery_health_routes",
+    "tcelery_metrics_routes",
     "tcelery_routes",
     "tcelery_status_routes",
 ]

@@ -32,6 +32,7 @@ from celery import Celery
 from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.utils.uuid import uuid
 
+from .. import metrics
 from .._aio import wait_bounded
 from ..errors import BrokerUnavailable, ConfigurationError, ResultDecodeError
 from ..results import READY_STATES, ResultRegistry, TaskResult
@@ -254,6 +255,8 @@ class RedisSource(ResultSource):
                 continue
             if attempt or lost:
                 self.reconnects += 1
+                if metrics.METRICS is not None:
+                    metrics.METRICS.reconnected("result_backend")
                 log.info("reconnected to the result backend after %d attempt(s)",
                          attempt + 1)
             attempt = 0

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 from tornado.iostream import StreamClosedError
 
+from .. import metrics
 from .base import JSONErrorsMixin
 from .responses import encode
 
@@ -66,6 +67,9 @@ class EventStreamHandler(JSONErrorsMixin):
         self._transforms = []  # never gzip a stream (Tornado would compress text/*)
         seq = self.last_event_id() or 0
         item = first
+        counted = metrics.METRICS  # the stream is counted open until this returns
+        if counted is not None:
+            counted.stream_opened()
         try:
             self.write(f"retry: {RETRY_MS}\n\n")
             while True:
@@ -89,6 +93,9 @@ class EventStreamHandler(JSONErrorsMixin):
             self.finish()
         except StreamClosedError:
             return  # the client went away mid-write
+        finally:
+            if counted is not None:
+                counted.stream_closed()
 
     async def _next(self, queue: asyncio.Queue[Any], timeout: float) -> Any:
         if not queue.empty():

@@ -320,3 +320,37 @@ def routes(*rules: Any) -> list[Any]:
 
     add(rules)
     return flat
+
+
+def tcelery_metrics_routes(path: str = "/metrics", registry: Any = None) -> list[URLSpec]:
+    """The Prometheus exposition route, OpenMetrics or text as the scraper's ``Accept`` asks.
+
+    Turns the ``tcelery_*`` metrics on (registered in ``registry``, default
+    ``prometheus_client.REGISTRY``) and serves ``registry``; with ``PROMETHEUS_MULTIPROC_DIR``
+    set, every scrape reads all the processes' files instead. ConfigurationError without
+    prometheus_client (``pip install 'tcelery-req-handler[metrics]'``).
+    """
+    from .. import metrics
+    from .ops import MetricsHandler
+
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ConfigurationError(f"the metrics path must start with '/', not {path!r}")
+    metrics.enable(registry)
+    handler = type("TCeleryMetricsHandler", (MetricsHandler,), {"registry": registry})
+    return [URLSpec(re.escape(path), handler, name="tcelery.metrics")]
+
+
+def tcelery_health_routes(healthz: str = "/healthz", readyz: str = "/readyz",
+                          producer: Any = None) -> list[URLSpec]:
+    """Liveness (``healthz``: 200 while the process serves) and readiness (``readyz``: 200
+    when ``producer``, default the installed one, reaches its broker and result backend,
+    else 503 naming the failing checks)."""
+    from .ops import HealthHandler, ReadyHandler
+
+    for value in (healthz, readyz):
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise ConfigurationError(f"health paths must start with '/', not {value!r}")
+    ready = type("TCeleryReadyHandler", (ReadyHandler,),
+                 {"producer": _check_producer(producer)})
+    return [URLSpec(re.escape(healthz), HealthHandler, name="tcelery.healthz"),
+            URLSpec(re.escape(readyz), ready, name="tcelery.readyz")]
