@@ -21,7 +21,7 @@ from typing import Any
 from celery import Celery
 from kombu.utils.uuid import uuid
 
-from . import tracing
+from . import metrics, tracing
 from .backends import ResultSource, backend_scheme, open_result_source
 from .errors import BrokerUnavailable, ConfigurationError, Overloaded, TCeleryError, UnknownTask
 from .groups import TaskGroup
@@ -35,7 +35,7 @@ from .messages import (
 )
 from .results import PENDING, ResultRegistry, TaskResult
 from .transports import Transport, transport_kind
-from .transports.amqp import AmqpTransport, connection_parameters
+from .transports.amqp import AmqpTransport, broker_parameters, broker_urls
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,9 @@ class Producer:
 
     Options (all keyword-only, all optional):
 
-    * ``broker_url``: overrides ``app.conf.broker_url``;
+    * ``broker_url``: overrides ``app.conf.broker_url``; either may name several nodes
+      (``"amqp://a;amqp://b"`` or a list), tried per ``app.conf.broker_failover_strategy``;
+      ``app.conf.broker_use_ssl`` turns TLS on (``True`` or py-amqp's dict);
     * ``heartbeat``: AMQP heartbeat in seconds (default ``app.conf.broker_heartbeat`` or 60);
     * ``connect_timeout``: bound on opening a connection, to the broker or the result
       backend (default 5 s);
@@ -74,7 +76,7 @@ class Producer:
         self,
         celery_app: Celery | None = None,
         *,
-        broker_url: str | None = None,
+        broker_url: str | Sequence[str] | None = None,
         heartbeat: float | None = None,
         connect_timeout: float = 5.0,
         publish_timeout: float = 5.0,
@@ -94,7 +96,8 @@ class Producer:
             celery_app = current_app._get_current_object()
         self.app: Celery = celery_app
         conf = celery_app.conf
-        self.broker_url: str = broker_url or conf.broker_url or "amqp://guest:guest@localhost//"
+        urls = broker_urls(broker_url or conf.broker_url or "amqp://guest:guest@localhost//")
+        self.broker_url: str = ";".join(urls)
         self.publish_timeout = publish_timeout
         self.result_timeout = result_timeout
         if max_pending < 1:
@@ -112,11 +115,12 @@ class Producer:
             self.source = EmbeddedSource(celery_app, self.results)
         else:
             self.transport = AmqpTransport(
-                connection_parameters(self.broker_url,
-                                      heartbeat=heartbeat or conf.broker_heartbeat or 60,
-                                      connect_timeout=connect_timeout),
+                broker_parameters(urls, heartbeat=heartbeat or conf.broker_heartbeat or 60,
+                                  connect_timeout=connect_timeout,
+                                  use_ssl=conf.broker_use_ssl),
                 connect_timeout=connect_timeout, reconnect_max_delay=reconnect_max_delay,
-                prefetch=reply_prefetch, close_timeout=close_timeout)
+                prefetch=reply_prefetch, close_timeout=close_timeout,
+                failover_strategy=conf.broker_failover_strategy, urls=urls)
             self.source = open_result_source(
                 celery_app, self.results, self.transport, connect_timeout=connect_timeout,
                 reconnect_max_delay=reconnect_max_delay,
@@ -159,11 +163,6 @@ class Producer:
             raise ConfigurationError("wait_idle() needs the embedded mode (memory://): with "
                                      "a broker, other processes run the tasks")
         await wait(timeout)
-
-    @property
-    def persistent_results(self) -> bool:
-        """True when any process can look up any task (a persistent result backend)."""
-        return self.source is not None and self.source.persistent
 
     def require_results(self, what: str) -> ResultSource:
         """The result source, or ConfigurationError saying that ``what`` needs one."""
@@ -237,6 +236,8 @@ class Producer:
         if reply:
             source = self.require_results(f"waiting for task {name!r}")
             if len(self.results) >= self.max_pending:
+                if metrics.METRICS is not None:
+                    metrics.METRICS.published(name, "overloaded")
                 raise Overloaded(
                     f"{len(self.results)} results already awaited, the limit "
                     f"(max_pending={self.max_pending}): not sending {name}",
@@ -272,7 +273,8 @@ class Producer:
         signals are sent from this one coroutine, around the await of the confirm."""
         self._check_process()
         tracing.before_publish(self.app, message)
-        await self.transport.publish(message, self.publish_timeout)
+        await (self.transport.publish(message, self.publish_timeout) if metrics.METRICS is None
+               else metrics.METRICS.publish(self, message))  # counted, timed
         tracing.after_publish(message)
         if message.sent_event is not None:
             try:
@@ -345,6 +347,8 @@ class Producer:
         check_options(options)
         known = known or {}
         if len(self.results) + len(members) > self.max_pending:
+            if metrics.METRICS is not None:
+                metrics.METRICS.published(name, "overloaded", len(members))
             raise Overloaded(
                 f"{len(self.results)} results already awaited: a group of {len(members)} "
                 f"would pass the limit (max_pending={self.max_pending}); not sending it",

@@ -18,6 +18,7 @@ from typing import Any
 
 from celery import states as celery_states
 
+from . import metrics
 from ._aio import wait_owned
 from .errors import TaskFailed, TaskRevoked, TaskTimeout, TCeleryError
 
@@ -37,8 +38,8 @@ class TaskResult:
     """
 
     __slots__ = ("__weakref__", "_default_timeout", "_error", "_followers", "_history",
-                 "_tracked", "_waiters", "children", "date_done", "result", "state", "task_id",
-                 "traceback")
+                 "_sent_at", "_tracked", "_waiters", "children", "date_done", "result", "state",
+                 "task_id", "traceback")
 
     def __init__(self, task_id: str, *, default_timeout: float = 30.0, tracked: bool = True):
         self.task_id = task_id
@@ -53,6 +54,7 @@ class TaskResult:
         self._waiters: list[asyncio.Future[None]] | None = None
         self._followers: list[asyncio.Queue[_QueueItem]] | None = None
         self._history: list[_QueueItem] | None = None
+        self._sent_at: float | None = None  # set while metrics time its wait
 
     def __repr__(self) -> str:
         return f"<TaskResult {self.task_id} {self.state}>"
@@ -108,6 +110,8 @@ class TaskResult:
                 if self._waiters is not None and waiter in self._waiters:
                     self._waiters.remove(waiter)
             if timed_out:  # raised outside the except block: no context chain to keep alive
+                if self._sent_at is not None and metrics.METRICS is not None:
+                    metrics.METRICS.result_timed_out(self)
                 raise TaskTimeout(self.task_id, limit, self.state)
         return self._outcome(propagate)
 
@@ -164,6 +168,8 @@ class TaskResult:
                 try:
                     item = await asyncio.wait_for(queue.get(), max(remaining, 0))
                 except asyncio.TimeoutError:
+                    if self._sent_at is not None and metrics.METRICS is not None:
+                        metrics.METRICS.result_timed_out(self)
                     raise TaskTimeout(self.task_id, limit, self.state) from None
                 yield item
                 if item[0] in READY_STATES:
@@ -248,6 +254,7 @@ class ResultRegistry:
         self.default_timeout = default_timeout
         self._pending: weakref.WeakValueDictionary[str, TaskResult] = (
             weakref.WeakValueDictionary())
+        metrics.REGISTRIES.add(self)  # counted by tcelery_results_awaited
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -257,10 +264,6 @@ class ResultRegistry:
 
     def get(self, task_id: str) -> TaskResult | None:
         return self._pending.get(task_id)
-
-    def ids(self) -> list[str]:
-        """The ids still awaited (a snapshot)."""
-        return list(self._pending.keys())
 
     def register(self, task_id: str) -> TaskResult:
         result = self._pending.get(task_id)
@@ -280,6 +283,8 @@ class ResultRegistry:
         result._update(meta)
         if result.state in READY_STATES:
             self._pending.pop(task_id, None)
+            if result._sent_at is not None and metrics.METRICS is not None:
+                metrics.METRICS.result_ready(result)
         return result
 
     def fail(self, task_id: str, error: BaseException) -> None:

@@ -25,7 +25,7 @@ from kombu.serialization import loads, prepare_accept_content, registry
 from kombu.utils import json as kombu_json
 from kombu.utils.uuid import uuid
 
-from ..errors import ConfigurationError, ResultDecodeError, UnknownTask
+from ..errors import BrokerUnavailable, ConfigurationError, ResultDecodeError, UnknownTask
 from ..messages import QueueDeclaration
 from ..results import READY_STATES, ResultRegistry, TaskResult
 from ..transports.amqp import AmqpTransport
@@ -100,6 +100,7 @@ class RpcSource(ResultSource):
         if not isinstance(transport, AmqpTransport):
             raise ConfigurationError("result backend 'rpc://' needs an AMQP broker: use "
                                      "redis:// or another persistent result backend")
+        self.transport = transport
         conf = app.conf
         self.accept = prepare_accept_content(list(conf.result_accept_content
                                                   or conf.accept_content))
@@ -114,6 +115,18 @@ class RpcSource(ResultSource):
         )
         self.reply_to = self.reply_queue.name
         transport.consume(self.reply_queue, self.on_reply)
+        transport.on_node_change(self._node_changed)
+
+    def _node_changed(self, old: int, new: int) -> None:
+        # The workers of the old node publish there the results of the tasks sent there: the
+        # waits in flight cannot end here any more. Fail them now (503) rather than at their
+        # timeout; the reply queue is declared anew on the new node.
+        if len(self.registry):
+            log.warning("broker node changed: failing %d wait(s) whose results go to the "
+                        "previous node", len(self.registry))
+        self.registry.abort_all(BrokerUnavailable(
+            "the producer moved to another broker node; the results of the tasks sent "
+            "before go to the previous one", retry_after=1.0))
 
     async def watch(self, result: TaskResult) -> None:
         """Nothing to do: the reply queue is consumed before any task is sent."""
@@ -167,6 +180,17 @@ class RpcSource(ResultSource):
             except ValueError as exc:  # UnicodeDecodeError included
                 raise DecodeError(exc) from exc
         return loads(body, content_type, content_encoding or "utf-8", accept=self.accept)
+
+    @property
+    def consuming(self) -> bool:
+        """True while the reply queue is consumed: the transport hands out a connection only
+        once its consumers are restored, and the consume channel is open."""
+        conn = self.transport.connection
+        return conn is not None and conn.is_open and conn.consume_channel.is_open
+
+    @property
+    def healthy(self) -> bool:
+        return self.consuming
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "reply_queue": self.reply_queue.name,

@@ -20,24 +20,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import random
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pika
+from kombu.utils.functional import shufflecycle
 from kombu.utils.url import parse_url
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.spec import Basic, BasicProperties
 
+from .. import metrics
 from .._aio import wait_bounded, wait_owned
 from ..errors import BrokerUnavailable, ConfigurationError, PublishError, TCeleryError
 from ..messages import ControlMessage, QueueDeclaration, TaskMessage, queue_declaration
-from . import Transport
+from . import Transport, _pika_floats  # noqa: F401 - floats in headers
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +345,8 @@ class BrokerConnection:
         for fut in self._declared.values():
             _fail(fut, error)
         _fail(self._unblocked, error)
+        if metrics.METRICS is not None:
+            metrics.METRICS.broker_unblocked(self)
         for task in list(self._tasks):
             task.cancel()
         if not self.closed.done():
@@ -352,12 +357,16 @@ class BrokerConnection:
     def _on_blocked(self, _conn: Any, frame: Any) -> None:
         log.warning("broker blocked publishing: %s", getattr(frame.method, "reason", ""))
         self.blocked = True
+        if metrics.METRICS is not None:
+            metrics.METRICS.broker_blocked(self)
         if self._unblocked.done():
             self._unblocked = self.loop.create_future()
 
     def _on_unblocked(self, _conn: Any, _frame: Any) -> None:
         log.info("broker unblocked publishing")
         self.blocked = False
+        if metrics.METRICS is not None:
+            metrics.METRICS.broker_unblocked(self)
         if not self._unblocked.done():
             self._unblocked.set_result(None)
 
@@ -504,6 +513,10 @@ class BrokerConnection:
             await asyncio.wait(list(self._tasks), timeout=1.0)
 
 
+def _node_name(parameters: pika.ConnectionParameters) -> str:
+    return f"{parameters.host}:{parameters.port}"
+
+
 def _fail(fut: asyncio.Future[Any], error: BaseException) -> None:
     """Fail ``fut`` if still pending, and mark the exception retrieved: nobody may be waiting
     any more (the waiter gave up or was cancelled), and that must not log an error."""
@@ -521,25 +534,113 @@ def _resolver(fut: asyncio.Future[Any]) -> Callable[[Any], None]:
 
 _AMQP_SCHEMES = {"amqp": False, "pyamqp": False, "amqps": True, "pyamqps": True}
 
+#: What ``broker_use_ssl`` may hold (py-amqp's ``ssl=`` keywords, as Celery passes them on).
+SSL_KEYS = frozenset({"keyfile", "certfile", "ca_certs", "cert_reqs", "server_hostname",
+                      "ciphers", "ssl_version", "tls_minimum_version", "tls_maximum_version"})
 
-def connection_parameters(broker_url: str, *, heartbeat: float,
-                          connect_timeout: float) -> pika.ConnectionParameters:
-    """Turn a Celery broker URL (``amqp://``, ``pyamqp://``, ``amqps://``) into pika parameters."""
-    url = broker_url.split(";")[0].strip()
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL,
+              "required": ssl.CERT_REQUIRED}
+
+#: ``broker_use_ssl``: off, on with the default context, py-amqp's keywords, or a context.
+SslSetting = bool | Mapping[str, Any] | ssl.SSLContext | None
+
+
+def broker_urls(broker_url: str | Sequence[str]) -> list[str]:
+    """Celery's failover broker URLs as a list: ``"amqp://a;amqp://b"``, or a list of URLs
+    (each may itself hold ``;``). A bare ``host[:port]`` after the first URL takes the first
+    URL's scheme, credentials and virtual host, as kombu's ``Connection.switch`` does."""
+    pieces = [broker_url] if isinstance(broker_url, str) else list(broker_url)
+    urls = [u.strip() for piece in pieces for u in str(piece).split(";") if u.strip()]
+    if not urls:
+        raise ConfigurationError(f"no broker URL in {broker_url!r}")
+    first = urls[0]
+    for i, url in enumerate(urls[1:], 1):
+        if "://" not in url:
+            scheme, rest = first.split("://", 1) if "://" in first else ("amqp", first)
+            creds, _, hostpart = rest.rpartition("@")
+            vhost = hostpart.split("/", 1)[1] if "/" in hostpart else "/"
+            urls[i] = f"{scheme}://{creds + '@' if creds else ''}{url}/{vhost}"
+    return urls
+
+
+def ssl_options(use_ssl: SslSetting, host: str) -> pika.SSLOptions | None:
+    """Celery's ``broker_use_ssl`` as pika's ``SSLOptions``; None when TLS is off.
+
+    ``True`` (or an ``amqps://`` URL) is ``ssl.create_default_context()``: the system's CAs,
+    the certificate and its host name both checked. A dict means what it means to py-amqp,
+    the stock worker's client (``_wrap_socket_sni``): ``ca_certs`` (else the system's CAs),
+    ``certfile``/``keyfile`` (a client certificate), ``cert_reqs`` (``ssl.CERT_*``,
+    default ``CERT_REQUIRED``), ``server_hostname`` (SNI and the host name check; ``None``
+    means the URL's host, as kombu sets it; absent, the host name is not checked),
+    ``ciphers``, ``ssl_version``, ``tls_minimum_version``, ``tls_maximum_version``. An
+    ``ssl.SSLContext`` is used as it is, with the URL's host as ``server_hostname``.
+    """
+    if use_ssl is None or use_ssl is False:
+        return None
+    if use_ssl is True:
+        return pika.SSLOptions(ssl.create_default_context(), server_hostname=host)
+    if isinstance(use_ssl, ssl.SSLContext):
+        return pika.SSLOptions(use_ssl, server_hostname=host)
+    if not isinstance(use_ssl, Mapping):
+        raise ConfigurationError(f"broker_use_ssl must be True, False, a dict or an "
+                                 f"ssl.SSLContext, not {use_ssl!r}")
+    opts = dict(use_ssl)
+    unknown = set(opts) - SSL_KEYS
+    if unknown:
+        raise ConfigurationError(f"broker_use_ssl: unsupported key(s) {sorted(unknown)}; "
+                                 f"supported: {sorted(SSL_KEYS)}")
+    server_hostname = opts.get("server_hostname")
+    if "server_hostname" in opts and server_hostname is None:
+        server_hostname = host
+    cert_reqs = opts.get("cert_reqs")
+    if isinstance(cert_reqs, str):
+        key = cert_reqs.lower().removeprefix("cert_")
+        if key not in _CERT_REQS:
+            raise ConfigurationError(f"broker_use_ssl: cert_reqs {cert_reqs!r} is not one of "
+                                     "ssl.CERT_NONE, ssl.CERT_OPTIONAL, ssl.CERT_REQUIRED")
+        cert_reqs = _CERT_REQS[key]
+    try:
+        context = ssl.SSLContext(opts.get("ssl_version") or ssl.PROTOCOL_TLS_CLIENT)
+        if opts.get("tls_minimum_version") is not None:
+            context.minimum_version = opts["tls_minimum_version"]
+        if opts.get("tls_maximum_version") is not None:
+            context.maximum_version = opts["tls_maximum_version"]
+        if opts.get("certfile"):
+            context.load_cert_chain(opts["certfile"], opts.get("keyfile"))
+        if opts.get("ca_certs"):
+            context.load_verify_locations(opts["ca_certs"])
+        if opts.get("ciphers"):
+            context.set_ciphers(opts["ciphers"])
+        # check_hostname first: verify_mode cannot become CERT_NONE while it is on
+        context.check_hostname = server_hostname is not None
+        if cert_reqs is not None:
+            context.verify_mode = ssl.VerifyMode(cert_reqs)
+        if not opts.get("ca_certs") and context.verify_mode != ssl.CERT_NONE:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"broker_use_ssl {opts!r}: cannot build the TLS context: "
+                                 f"{exc}") from exc
+    return pika.SSLOptions(context, server_hostname=server_hostname)
+
+
+def connection_parameters(broker_url: str, *, heartbeat: float, connect_timeout: float,
+                          use_ssl: SslSetting = None) -> pika.ConnectionParameters:
+    """Turn a Celery broker URL (``amqp://``, ``pyamqp://``, ``amqps://``) into pika parameters
+    (of its first node, if it names several: see :func:`broker_parameters`)."""
+    url = broker_urls(broker_url)[0]
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in _AMQP_SCHEMES:
         raise ConfigurationError(
             f"broker URL scheme {scheme or url!r} is not supported: tcelery_req_handler "
             "publishes over AMQP, use amqp://, pyamqp:// or amqps://")
     parts = parse_url(url)
-    use_ssl = _AMQP_SCHEMES[scheme]
     host = parts.get("hostname") or "localhost"
-    ssl_options = None
-    if use_ssl:
-        ssl_options = pika.SSLOptions(ssl.create_default_context(), server_hostname=host)
+    if _AMQP_SCHEMES[scheme] and not use_ssl:  # amqps:// alone: the default context
+        use_ssl = True
+    tls = ssl_options(use_ssl, host)
     return pika.ConnectionParameters(
         host=host,
-        port=int(parts.get("port") or (5671 if use_ssl else 5672)),
+        port=int(parts.get("port") or (5671 if tls is not None else 5672)),
         virtual_host=parts.get("virtual_host") or "/",
         credentials=pika.PlainCredentials(parts.get("userid") or "guest",
                                           parts.get("password") or "guest"),
@@ -547,10 +648,52 @@ def connection_parameters(broker_url: str, *, heartbeat: float,
         connection_attempts=1,
         socket_timeout=connect_timeout,
         stack_timeout=connect_timeout,
-        ssl_options=ssl_options,
+        ssl_options=tls,
         client_properties={"connection_name": f"tcelery-req-handler {socket.gethostname()}"
                                               f":{os.getpid()}"},
     )
+
+
+def broker_parameters(broker_url: str | Sequence[str], *, heartbeat: float,
+                      connect_timeout: float,
+                      use_ssl: SslSetting = None) -> list[pika.ConnectionParameters]:
+    """pika parameters for every node of a (failover) broker URL, in order."""
+    return [connection_parameters(url, heartbeat=heartbeat, connect_timeout=connect_timeout,
+                                  use_ssl=use_ssl) for url in broker_urls(broker_url)]
+
+
+#: ``broker_failover_strategy``: a name, or kombu's callable (the URLs in, an iterator of
+#: them out).
+FailoverStrategy = str | Callable[[list[str]], Iterator[str]] | None
+
+
+def failover_cycle(strategy: FailoverStrategy, urls: Sequence[str]) -> Iterator[int]:
+    """The indexes of the nodes to try next, as kombu picks them: ``round-robin`` (the
+    default), ``shuffle``, or a callable; its first entry is skipped (the first node is the
+    one used first), as kombu skips it."""
+    items = list(urls)
+    picks: Iterator[str]
+    if strategy is None or strategy == "round-robin":
+        picks = itertools.cycle(items)
+    elif strategy == "shuffle":
+        picks = shufflecycle(items)
+    elif callable(strategy):
+        picks = iter(strategy(items))
+    else:
+        raise ConfigurationError(f"broker_failover_strategy {strategy!r} is not one of "
+                                 "'round-robin', 'shuffle' or a callable")
+    where = {url: i for i, url in reversed(list(enumerate(items)))}
+
+    def indexes() -> Iterator[int]:
+        last = 0
+        while True:
+            url = next(picks, None)  # a strategy that runs dry falls back to round-robin
+            last = where[url] if url in where else (last + 1) % len(items)
+            yield last
+
+    cycle = indexes()
+    next(cycle)
+    return cycle
 
 
 class AmqpTransport(Transport):
@@ -559,13 +702,36 @@ class AmqpTransport(Transport):
     ``consume(queue, callback)`` registers a consumer (the ``rpc://`` reply queue) that is
     restored on every new connection before the connection is handed out, so results in
     flight survive a short drop.
+
+    ``parameters`` may name several broker nodes (Celery's failover URLs): the first is used
+    first; when a connection cannot be opened the next is tried at once, picked by
+    ``failover_strategy`` (``round-robin``, ``shuffle`` or kombu's callable, which gets
+    ``urls``); the backoff applies once every node has failed in a row. A lost connection
+    is retried on its own node first (a short drop keeps the waits in flight), then on the
+    next. Each new node gets the consumers' queues declared anew; the listeners registered
+    with :meth:`on_node_change` hear of every move.
     """
 
     kind = "amqp"
 
-    def __init__(self, parameters: pika.ConnectionParameters, *, connect_timeout: float,
-                 reconnect_max_delay: float, prefetch: int, close_timeout: float) -> None:
-        self.parameters = parameters
+    def __init__(self, parameters: pika.ConnectionParameters
+                 | Sequence[pika.ConnectionParameters], *, connect_timeout: float,
+                 reconnect_max_delay: float, prefetch: int, close_timeout: float,
+                 failover_strategy: FailoverStrategy = None,
+                 urls: Sequence[str] | None = None) -> None:
+        self.nodes: list[pika.ConnectionParameters] = (
+            [parameters] if isinstance(parameters, pika.ConnectionParameters)
+            else list(parameters))
+        if not self.nodes:
+            raise ConfigurationError("no broker node to connect to")
+        names = list(urls) if urls is not None else [_node_name(n) for n in self.nodes]
+        if len(names) != len(self.nodes):
+            raise ConfigurationError(f"{len(names)} URLs for {len(self.nodes)} broker nodes")
+        self._node = 0
+        self._cycle = failover_cycle(failover_strategy, names) if len(self.nodes) > 1 \
+            else None
+        self._node_listeners: list[Callable[[int, int], None]] = []
+        self._served: int | None = None  # the node of the last connection handed out
         self.connect_timeout = connect_timeout
         self.reconnect_max_delay = reconnect_max_delay
         self.prefetch = prefetch
@@ -578,9 +744,30 @@ class AmqpTransport(Transport):
         self._supervisor: asyncio.Task[None] | None = None
         self._outage: BaseException | None = None
         self._closed = False
+        self.reconnects = 0  # connections opened after a loss or failed attempts
 
     def __repr__(self) -> str:
-        return f"<AmqpTransport {self.parameters.host}:{self.parameters.port}>"
+        more = f" (+{len(self.nodes) - 1} failover)" if len(self.nodes) > 1 else ""
+        return f"<AmqpTransport {_node_name(self.parameters)}{more}>"
+
+    @property
+    def parameters(self) -> pika.ConnectionParameters:
+        """The parameters of the node in use (or tried next)."""
+        return self.nodes[self._node]
+
+    @property
+    def node(self) -> int:
+        """The index in :attr:`nodes` of the node in use (or tried next)."""
+        return self._node
+
+    def on_node_change(self, listener: Callable[[int, int], None]) -> None:
+        """Call ``listener(old, new)`` (indexes in :attr:`nodes`) when a connection opens on
+        another node than the last one did, before that connection is handed out."""
+        self._node_listeners.append(listener)
+
+    def _next_node(self) -> None:
+        if self._cycle is not None:
+            self._node = next(self._cycle)
 
     @property
     def connected(self) -> bool:
@@ -592,8 +779,12 @@ class AmqpTransport(Transport):
         return self._conn
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "connected": self.connected,
-                "host": f"{self.parameters.host}:{self.parameters.port}"}
+        described: dict[str, Any] = {"kind": self.kind, "connected": self.connected,
+                                     "host": _node_name(self.parameters)}
+        if len(self.nodes) > 1:
+            described["nodes"] = [_node_name(n) for n in self.nodes]
+        described["reconnects"] = self.reconnects
+        return described
 
     def consume(self, queue: QueueDeclaration, on_message: ReplyCallback, *,
                 delete_on_close: bool = True) -> None:
@@ -647,13 +838,16 @@ class AmqpTransport(Transport):
 
     async def _supervise(self) -> None:
         """Keep one connection open: connect, restore the consumers, wait for the connection
-        to die, back off, reconnect. Runs until ``close()`` cancels it."""
+        to die, back off, reconnect (on the next node, if there are several and this one
+        failed). Runs until ``close()`` cancels it."""
         attempt = 0
+        count = len(self.nodes)
         while not self._closed:
             conn: BrokerConnection | None = None
+            parameters = self.parameters
             try:
                 conn = await BrokerConnection.open(
-                    self.parameters, timeout=self.connect_timeout,
+                    parameters, timeout=self.connect_timeout,
                     prefetch=self.prefetch, on_lost=self._on_lost)
                 for queue, on_message in self._consumers:
                     await asyncio.wait_for(conn.consume(queue, on_message), self.connect_timeout)
@@ -666,23 +860,41 @@ class AmqpTransport(Transport):
                     await conn.close(1.0)
                 error = exc if isinstance(exc, TCeleryError) else BrokerUnavailable(
                     f"cannot set up the broker connection: {exc!r}")
-                if attempt == 0:
-                    log.warning("cannot connect to the broker at %s:%s: %s",
-                                self.parameters.host, self.parameters.port, error)
+                if attempt < count:
+                    log.warning("cannot connect to the broker at %s: %s",
+                                _node_name(parameters), error)
                 self._outage = error
-                if self._first is not None and not self._first.done():
+                attempt += 1
+                # the first caller waits for the whole first round over the nodes
+                if attempt >= count and self._first is not None and not self._first.done():
                     self._first.set_exception(error)
                     self._first.exception()
-                attempt += 1
-                delay = min(self.reconnect_max_delay, 0.05 * 2 ** min(attempt, 10))
+                self._next_node()
+                if attempt % count:  # another node left to try in this round: at once
+                    continue
+                delay = min(self.reconnect_max_delay, 0.05 * 2 ** min(attempt // count, 10))
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 continue
             if attempt:
-                log.info("reconnected to the broker after %d attempt(s)", attempt)
+                log.info("connected to the broker at %s after %d failed attempt(s)",
+                         _node_name(parameters), attempt)
             attempt = 0
+            if self._served is not None and self._served != self._node:
+                log.warning("moved from broker node %s to %s", _node_name(
+                    self.nodes[self._served]), _node_name(parameters))
+                for listener in list(self._node_listeners):
+                    try:
+                        listener(self._served, self._node)
+                    except Exception:
+                        log.exception("node change listener failed")
+            self._served = self._node
             self._conn, self._outage = conn, None
             if self._first is not None and not self._first.done():
                 self._first.set_result(conn)
+            else:  # connected before, or the first attempts failed: a reconnect
+                self.reconnects += 1
+                if metrics.METRICS is not None:
+                    metrics.METRICS.reconnected("broker")
             await asyncio.shield(conn.closed)
             self._conn = None
 
