@@ -13,37 +13,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
-import pytest
 from celery import Celery
 
 from tcelery_req_handler import Producer
 from tests import worker_app
 from tests.workers import CeleryWorker
 
-REDIS_URL = os.environ.get("TCELERY_TEST_REDIS", "redis://127.0.0.1:6379/0")
+REDIS_URL = os.environ["TCELERY_TEST_REDIS"]  # checked at session start (conftest)
 KINDS = ("rpc", "redis", "sqlite")
-
-
-def require_redis() -> None:
-    """Exit the session loudly when Redis does not answer: these tests need the real one."""
-    url = urlparse(REDIS_URL)
-    host, port = url.hostname or "127.0.0.1", url.port or 6379
-    try:
-        with socket.create_connection((host, port), timeout=3) as sock:
-            sock.sendall(b"PING\r\n")
-            answer = sock.recv(64)
-        if not answer.startswith(b"+PONG"):
-            raise OSError(f"answered {answer!r} to PING")
-    except OSError as exc:
-        pytest.exit(f"Redis is not reachable at {host}:{port} ({exc}). The status tests need "
-                    "a real Redis: start one with `redis-server --daemonize yes`, or point "
-                    "TCELERY_TEST_REDIS at one.", returncode=3)
 
 
 @dataclass
@@ -112,7 +93,6 @@ class BackendPool:
         if kind == "rpc":
             return Backend(kind, "rpc://", prefix)
         if kind == "redis":
-            require_redis()
             return Backend(kind, REDIS_URL, prefix, keyprefix=f"{self.run_prefix}:")
         if kind == "sqlite":
             path = os.path.join(self.tmpdir, "results.sqlite")
@@ -132,17 +112,10 @@ class BackendPool:
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     def _delete_queues(self) -> None:
-        from tests.conftest import blocking_connection
+        from tests.conftest import delete_queues_and_exchanges
 
-        conn = blocking_connection()
-        try:
-            channel = conn.channel()
-            for backend in self.backends.values():
-                for name in (backend.queue, f"{backend.prefix}.other"):
-                    channel.queue_delete(name)
-                    channel.exchange_delete(name)
-        finally:
-            conn.close()
+        delete_queues_and_exchanges([name for backend in self.backends.values()
+                                     for name in (backend.queue, f"{backend.prefix}.other")])
 
     def _delete_keys(self) -> None:
         backend = self.backends.get("redis")

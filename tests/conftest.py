@@ -1,4 +1,4 @@
-"""Session fixtures: the real RabbitMQ (checked loudly) and real Celery workers.
+"""Session fixtures: the real RabbitMQ and Redis (checked loudly) and real Celery workers.
 
 Every run uses queue names of its own (``tcelery-test-<id>.*``), so concurrent runs and
 leftovers from earlier runs cannot interfere; the queues are deleted at the end.
@@ -18,6 +18,7 @@ import pytest
 RUN_ID = uuid.uuid4().hex[:8]
 os.environ.setdefault("TCELERY_TEST_PREFIX", f"tcelery-test-{RUN_ID}")
 BROKER_URL = os.environ.setdefault("TCELERY_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
+REDIS_URL = os.environ.setdefault("TCELERY_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 from tcelery_req_handler import Producer  # noqa: E402
 from tcelery_req_handler.transports.amqp import connection_parameters  # noqa: E402
@@ -37,8 +38,25 @@ def _require_broker() -> None:
             "await_startup`), or point TCELERY_TEST_BROKER at one.", returncode=3)
 
 
+def _require_redis() -> None:
+    url = urlparse(REDIS_URL)
+    host, port = url.hostname or "127.0.0.1", url.port or 6379
+    try:
+        with socket.create_connection((host, port), timeout=3) as sock:
+            sock.sendall(b"PING\r\n")
+            answer = sock.recv(64)
+        if not answer.startswith(b"+PONG"):
+            raise OSError(f"answered {answer!r} to PING")
+    except OSError as exc:
+        pytest.exit(
+            f"Redis is not reachable at {host}:{port} ({exc}). These tests need a real Redis: "
+            "start one with `redis-server --daemonize yes --save ''`, or point "
+            "TCELERY_TEST_REDIS at one.", returncode=3)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     _require_broker()
+    _require_redis()
 
 
 def blocking_connection() -> pika.BlockingConnection:

@@ -10,7 +10,6 @@ tests read it to prove that a task ran, or did not.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,10 @@ from typing import Any
 import redis
 from celery import Celery
 from celery.signals import worker_ready
-from kombu.utils.url import url_to_parts
 
 PREFIX = os.environ.get("TCELERY_TEST_PREFIX", "tcelery-test")
 BROKER_URL = os.environ.get("TCELERY_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
-REDIS_URL = os.environ.get("TCELERY_TEST_REDIS", "redis://127.0.0.1:6379/0")
+REDIS_URL = os.environ.get("TCELERY_TEST_REDIS", "redis://127.0.0.1:6379/0")  # conftest checks
 QUEUE = f"{PREFIX}.groups"
 #: A queue no worker consumes: what is sent there stays there, to be counted.
 IDLE_QUEUE = f"{PREFIX}.groups-idle"
@@ -96,23 +94,6 @@ def sleep(seconds: float) -> float:
     return seconds
 
 
-def redis_problem() -> str | None:
-    """Why the test Redis does not answer (a message saying how to start it), or None."""
-    parts = url_to_parts(REDIS_URL)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
-    try:
-        with socket.create_connection((host, port), timeout=3) as sock:
-            sock.sendall(b"PING\r\n")
-            answer = sock.recv(64)
-        if not answer.startswith(b"+PONG"):
-            raise OSError(f"answered {answer!r} to PING")
-    except OSError as exc:
-        return (f"Redis is not reachable at {host}:{port} ({exc}). These tests need a real "
-                "Redis: start one with `redis-server --daemonize yes`, or point "
-                "TCELERY_TEST_REDIS at one.")
-    return None
-
-
 def delete_keys(prefix: str) -> None:
     client = redis_client()
     keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
@@ -122,16 +103,9 @@ def delete_keys(prefix: str) -> None:
 
 def delete_queues(*names: str) -> None:
     """Delete RabbitMQ queues and the direct exchanges of the same name."""
-    from tests.conftest import blocking_connection
+    from tests.conftest import delete_queues_and_exchanges
 
-    conn = blocking_connection()
-    try:
-        channel = conn.channel()
-        for name in names:
-            channel.queue_delete(name)
-            channel.exchange_delete(name)
-    finally:
-        conn.close()
+    delete_queues_and_exchanges(list(names))
 
 
 def cleanup() -> None:

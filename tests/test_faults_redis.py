@@ -46,6 +46,7 @@ from tcelery_req_handler.errors import (
 )
 from tcelery_req_handler.results import TaskResult
 from tcelery_req_handler.transports.amqp import connection_parameters
+from tests.conftest import delete_queues_and_exchanges
 from tests.faults import redis_app
 from tests.faults.common import PREFIX
 from tests.faults.proxy import TcpProxy
@@ -94,7 +95,7 @@ def redis_worker(redis_node: RedisNode) -> Iterator[CeleryWorker]:
         yield worker.start()
     finally:
         worker.stop()
-        _delete_queues(QUEUE, PARKED)
+        delete_queues_and_exchanges([QUEUE, PARKED])
 
 
 @pytest.fixture(scope="module")
@@ -178,18 +179,6 @@ async def serve() -> AsyncIterator[Callable[..., Server]]:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _delete_queues(*names: str) -> None:
-    conn = pika.BlockingConnection(connection_parameters(BROKER_URL, heartbeat=60,
-                                                         connect_timeout=5))
-    try:
-        channel = conn.channel()
-        for name in names:
-            channel.queue_delete(name)
-            channel.exchange_delete(name)
-    finally:
-        conn.close()
-
-
 def _messages_in(queue: str) -> int:
     conn = pika.BlockingConnection(connection_parameters(BROKER_URL, heartbeat=60,
                                                          connect_timeout=5))

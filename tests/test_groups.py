@@ -41,16 +41,9 @@ STATUS_FIELDS = {"group_id", "tasks_total", "tasks_completed", "tasks_succeeded"
 WAIT = 20  # the group routes' timeout: the longest ?wait
 
 
-def require_redis() -> None:
-    problem = g.redis_problem()
-    if problem is not None:
-        pytest.exit(problem, returncode=3)
-
-
 # ------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def group_worker() -> Iterator[CeleryWorker]:
-    require_redis()
     worker = CeleryWorker("tests.group_app", [g.QUEUE], f"groups-{g.PREFIX}", concurrency=4)
     try:
         worker.start()

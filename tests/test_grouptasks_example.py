@@ -160,9 +160,6 @@ def free_port() -> int:
 # ------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Example]:
-    problem = group_app.redis_problem()
-    if problem is not None:
-        pytest.exit(problem, returncode=3)
     env = {"BROKER_URL": os.environ["TCELERY_TEST_BROKER"],
            "RESULT_BACKEND": group_app.REDIS_URL, "GROUPTASKS_QUEUE": QUEUE,
            "GROUPTASKS_KEY_PREFIX": KEYPREFIX, "GROUPTASKS_DELAY": "0.2,0.6"}

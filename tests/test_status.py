@@ -39,7 +39,7 @@ from tcelery_req_handler import (
 )
 from tcelery_req_handler import producer as producer_module
 from tests import worker_app
-from tests.backends import KINDS, Backend, BackendPool, redis_keys, require_redis
+from tests.backends import KINDS, Backend, BackendPool, redis_keys
 from tests.conftest import BROKER_URL
 from tests.sse import Event, SSEClient, SSEParser
 from tests.test_http import Server, body_of
@@ -54,7 +54,6 @@ STATUS_KEYS = {"task_id", "state", "ready", "successful", "result", "error", "pr
 # ------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def pool() -> Iterator[BackendPool]:
-    require_redis()
     backends = BackendPool(f"{worker_app.PREFIX}-st")
     try:
         yield backends
