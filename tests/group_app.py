@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import redis
 from celery import Celery
 from celery.signals import worker_ready
+
+from tests.workers import announce_ready
 
 PREFIX = os.environ.get("TCELERY_TEST_PREFIX", "tcelery-test")
 BROKER_URL = os.environ.get("TCELERY_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
@@ -59,11 +60,7 @@ def runs(name: str) -> int:
     return int(value) if value is not None else 0
 
 
-@worker_ready.connect
-def _announce_ready(sender: Any = None, **_: Any) -> None:
-    ready_dir = os.environ.get("TCELERY_TEST_READY_DIR")
-    if ready_dir and sender is not None:
-        Path(ready_dir, sender.hostname.split("@")[0]).touch()
+worker_ready.connect(announce_ready)
 
 
 @app.task(name="groups.count")

@@ -19,6 +19,8 @@ from typing import Any
 from celery import Celery
 from celery.signals import celeryd_init, worker_process_init, worker_ready
 
+from tests.workers import announce_ready
+
 PREFIX = os.environ.get("TCELERY_TEST_PREFIX", "tcelery-test")
 BROKER_URL = os.environ.get("TCELERY_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
 QUEUE = f"{PREFIX}.tracing"
@@ -128,8 +130,4 @@ def _instrument_sentry(**_: Any) -> None:
         _setup_sentry(sentry)
 
 
-@worker_ready.connect
-def _announce_ready(sender: Any = None, **_: Any) -> None:
-    ready_dir = os.environ.get("TCELERY_TEST_READY_DIR")
-    if ready_dir and sender is not None:
-        Path(ready_dir, sender.hostname.split("@")[0]).touch()
+worker_ready.connect(announce_ready)

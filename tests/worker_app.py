@@ -10,6 +10,8 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_ready
 
+from tests.workers import announce_ready
+
 PREFIX = os.environ.get("TCELERY_TEST_PREFIX", "tcelery-test")
 BROKER_URL = os.environ.get("TCELERY_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
 #: The result backend (``rpc://`` unless a test starts a worker for another one) and, for
@@ -43,11 +45,7 @@ def make_app(prefix: str = PREFIX, backend: str = RESULT_BACKEND,
 app = make_app(current=True)
 
 
-@worker_ready.connect
-def _announce_ready(sender: Any = None, **_: Any) -> None:
-    ready_dir = os.environ.get("TCELERY_TEST_READY_DIR")
-    if ready_dir and sender is not None:
-        Path(ready_dir, sender.hostname.split("@")[0]).touch()
+worker_ready.connect(announce_ready)
 
 
 @app.task

@@ -11,8 +11,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def announce_ready(sender: Any = None, **_: Any) -> None:
+    """A ``worker_ready`` receiver for the test workers' apps: touch the marker file
+    ``CeleryWorker.start`` waits for (``worker_ready.connect(announce_ready)``)."""
+    ready_dir = os.environ.get("TCELERY_TEST_READY_DIR")
+    if ready_dir and sender is not None:
+        Path(ready_dir, sender.hostname.split("@")[0]).touch()
 
 
 class CeleryWorker:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 import time
 from functools import cache
-from pathlib import Path
-from typing import Any
 
 import redis
 from celery import Celery
 from celery.signals import worker_ready
+
+from tests.workers import announce_ready
 
 BROKER_URL = os.environ.get("TCELERY_FAULT_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
 QUEUE = os.environ.get("TCELERY_FAULT_QUEUE", "tcelery-faults.default")
@@ -53,11 +53,7 @@ def make_app(broker_url: str, queue: str) -> Celery:
 app = make_app(BROKER_URL, QUEUE)
 
 
-@worker_ready.connect
-def _announce_ready(sender: Any = None, **_: Any) -> None:
-    ready_dir = os.environ.get("TCELERY_TEST_READY_DIR")
-    if ready_dir and sender is not None:
-        Path(ready_dir, sender.hostname.split("@")[0]).touch()
+worker_ready.connect(announce_ready)
 
 
 @cache

@@ -13,12 +13,13 @@ from __future__ import annotations
 import os
 import time
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import redis
 from celery import Celery
 from celery.signals import worker_ready
+
+from tests.workers import announce_ready
 
 BROKER_URL = os.environ.get("TCELERY_REDIS_FAULT_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
 BACKEND_URL = os.environ.get("TCELERY_REDIS_FAULT_BACKEND", "redis://127.0.0.1:6379/0")
@@ -54,11 +55,7 @@ def make_app(broker_url: str, backend_url: str, queue: str) -> Celery:
 app = make_app(BROKER_URL, BACKEND_URL, QUEUE)
 
 
-@worker_ready.connect
-def _announce_ready(sender: Any = None, **_: Any) -> None:
-    ready_dir = os.environ.get("TCELERY_TEST_READY_DIR")
-    if ready_dir and sender is not None:
-        Path(ready_dir, sender.hostname.split("@")[0]).touch()
+worker_ready.connect(announce_ready)
 
 
 @cache
