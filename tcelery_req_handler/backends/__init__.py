@@ -207,6 +207,10 @@ def open_result_source(app: Celery, registry: ResultRegistry, transport: Transpo
         return RpcSource(app, registry, transport, **options)
     try:
         backend = app.backend  # builds it: an unknown scheme or a missing driver fails here
+        if type(backend).__name__ == "DatabaseBackend":  # Celery < 5.5 connects lazily
+            from sqlalchemy.engine import make_url
+
+            make_url(backend.url).get_dialect()
     except Exception as exc:
         raise ConfigurationError(
             f"result backend {_redacted(str(app.conf.result_backend))!r} cannot be used: "

@@ -17,6 +17,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
@@ -166,6 +167,9 @@ class RpcSource(ResultSource):
             return
         if not isinstance(meta, dict):
             return
+        if meta.get("date_done") is None and meta.get("status") in READY_STATES:
+            # Celery < 5.7's rpc:// reply has no date_done: its arrival is the best we know
+            meta["date_done"] = datetime.now(timezone.utc).isoformat()
         if recorded:
             known, stored = self.store.get(correlation_id)
             if not (known and stored and stored.get("status") in READY_STATES):

@@ -12,11 +12,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tornado import httputil
+from tornado.log import gen_log
 
 from ..errors import RequestError
 
@@ -95,6 +97,34 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
+class _Refusals(logging.Filter):
+    """Catches what Tornado before 6.5 only logs (and then ignores the body) where 6.5 raises
+    HTTPInputError: a malformed form or multipart body, an unsupported Content-Encoding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.messages.append(record.getMessage())
+        return False
+
+
+def parse_form_body(content_type: str, body: bytes, arguments: dict[str, list[bytes]],
+                    files: dict[str, list[httputil.HTTPFile]],
+                    headers: httputil.HTTPHeaders) -> None:
+    """``httputil.parse_body_arguments``, raising ``HTTPInputError`` for a body it refuses on
+    every Tornado version (before 6.5 it logged a warning and returned nothing)."""
+    refusals = _Refusals()
+    gen_log.addFilter(refusals)
+    try:
+        httputil.parse_body_arguments(content_type, body, arguments, files, headers)
+    finally:
+        gen_log.removeFilter(refusals)
+    if refusals.messages:
+        raise httputil.HTTPInputError(refusals.messages[0])
+
+
 def body_arguments(headers: httputil.HTTPHeaders, body: bytes) -> tuple[str, dict[str, Any]]:
     """Arguments carried by the request body, and the name of their source."""
     if not body:
@@ -109,8 +139,7 @@ def body_arguments(headers: httputil.HTTPHeaders, body: bytes) -> tuple[str, dic
         files: dict[str, list[httputil.HTTPFile]] = {}
         try:
             # tornado matches the media type case-sensitively; media types are not
-            httputil.parse_body_arguments(f"{media_type};{parameters}", body, form, files,
-                                          headers)
+            parse_form_body(f"{media_type};{parameters}", body, form, files, headers)
         except httputil.HTTPInputError as exc:
             raise RequestError(400, f"malformed form body: {exc}") from None
         if files:

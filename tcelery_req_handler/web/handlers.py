@@ -22,7 +22,7 @@ from ..cache import ResultCache
 from ..errors import RequestError, TaskFailed, TaskTimeout, TCeleryError
 from ..producer import Producer, get_producer
 from ..results import TaskResult
-from .arguments import request_arguments
+from .arguments import parse_form_body, request_arguments
 from .base import DEFAULT_TIMEOUT, JSONErrorsMixin
 from .responses import error_response
 from .status import status_url
@@ -313,9 +313,8 @@ class TCeleryBaseHandler(JSONErrorsMixin):
         request = self.request
         request.body = self.body
         try:
-            httputil.parse_body_arguments(request.headers.get("Content-Type", ""),
-                                          request.body, request.body_arguments,
-                                          request.files, request.headers)
+            parse_form_body(request.headers.get("Content-Type", ""), request.body,
+                            request.body_arguments, request.files, request.headers)
         except httputil.HTTPInputError:
             return  # request_arguments() answers it with a precise 400
         for name, values in request.body_arguments.items():

@@ -127,7 +127,8 @@ class _StatusBase(JSONErrorsMixin):
 
     def terminate_argument(self) -> bool:
         """``?terminate=true|false`` (or 1/0, yes/no); a 400 for anything else."""
-        value = self.get_query_argument("terminate", "false").lower()
+        given = self.get_query_argument("terminate", "false")
+        value = ("false" if given is None else given).lower()  # Optional before Tornado 6.5
         if value not in _BOOLEANS:
             raise RequestError(400, "terminate must be true or false", argument="terminate")
         return _BOOLEANS[value]
