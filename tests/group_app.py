@@ -50,6 +50,25 @@ def redis_client() -> redis.Redis:
     return _client
 
 
+def cache_keyprefix(celery_app: Celery = app) -> bytes:
+    """The prefix of the library's cache keys for ``celery_app``: its backend's
+    ``task_keyprefix`` with ``celery-task-meta-`` replaced by ``tcelery-cache-``.
+
+    Taken from the backend rather than written out: Celery 5.3/5.4 put ``_`` after any
+    ``global_keyprefix``, 5.5+ only when it does not already end in one of ``:_-.``.
+    """
+    prefix: bytes = celery_app.backend.task_keyprefix
+    return prefix.replace(b"celery-task-meta-", b"tcelery-cache-")
+
+
+def cache_key(name: str, args: list[Any], kwargs: dict[str, Any],
+              celery_app: Celery = app) -> bytes:
+    """The Redis key under which the library caches ``name(*args, **kwargs)``'s result."""
+    from tcelery_req_handler.cache import ResultCache
+
+    return cache_keyprefix(celery_app) + ResultCache.key(name, args, kwargs).encode()
+
+
 def counter_key(name: str) -> str:
     return f"{KEYPREFIX}counter:{name}"
 

@@ -167,6 +167,16 @@ async def test_http_cut_answers_503_within_1s_then_2xx_within_5s(
     assert rabbit.queue(producer.reply_queue.name) == (0, 1)  # the reply consumer is back
 
 
+def _published_and_confirmed(producer: Producer, count: int) -> bool:
+    """``count`` results awaited, and at least ``count`` messages published on the current
+    connection's publish channel and all of them confirmed by the broker."""
+    conn = producer.transport.connection
+    if producer.pending < count or conn is None:
+        return False
+    channel = conn.publish_channel
+    return channel._next_tag >= count and not channel._unconfirmed
+
+
 async def test_http_requests_waiting_across_a_drop_still_get_their_results(
         proxy: TcpProxy, rabbit: RabbitNode, fault_worker: CeleryWorker,
         make_producer: MakeProducer, serve: Callable[..., Server]) -> None:
@@ -179,8 +189,10 @@ async def test_http_requests_waiting_across_a_drop_still_get_their_results(
     deadline = loop.time() + 5
     # Registered is not yet sent: wait for the broker's confirms, so the drop hits tasks
     # that are really on their way (a drop before the confirm is a 503, and right so).
-    while producer.pending < 3 or producer.transport.connection is None or \
-            producer.transport.connection.publish_channel._unconfirmed:
+    # Nothing unconfirmed is not enough: the waiters are registered, and the connection is
+    # up, a few ms before the first publish (the queue's declaration is awaited first), and
+    # a cut in that window fails all three publishes. So: three published, none unconfirmed.
+    while not _published_and_confirmed(producer, 3):
         assert loop.time() < deadline, "the requests never reached the producer"
         await asyncio.sleep(0.01)
     with proxy.down():

@@ -29,7 +29,6 @@ from tcelery_req_handler import (
     tcelery_group_routes,
     tcelery_routes,
 )
-from tcelery_req_handler.cache import ResultCache
 from tests import group_app as g
 from tests.conftest import BROKER_URL, blocking_connection
 from tests.test_http import Server, body_of, error_of
@@ -145,16 +144,19 @@ def purge(name: str) -> None:
             conn.close()
 
 
+# Key names come from the app's backend, not from g.KEYPREFIX: whether Celery puts a "_"
+# between the global_keyprefix and its own prefixes depends on its version.
 def group_keys() -> set[bytes]:
-    return set(g.redis_client().scan_iter(match=f"{g.KEYPREFIX}celery-taskset-meta-*"))
+    prefix = g.app.backend.group_keyprefix.decode()
+    return set(g.redis_client().scan_iter(match=f"{prefix}*"))
 
 
 def cache_keys() -> set[bytes]:
-    return set(g.redis_client().scan_iter(match=f"{g.KEYPREFIX}tcelery-cache-*"))
+    return set(g.redis_client().scan_iter(match=f"{g.cache_keyprefix().decode()}*"))
 
 
-def cache_key(name: str, args: list[Any], kwargs: dict[str, Any]) -> str:
-    return f"{g.KEYPREFIX}tcelery-cache-{ResultCache.key(name, args, kwargs)}"
+def cache_key(name: str, args: list[Any], kwargs: dict[str, Any]) -> bytes:
+    return g.cache_key(name, args, kwargs)
 
 
 async def until(predicate: Any, timeout: float, what: str) -> None:
@@ -390,7 +392,7 @@ async def test_cache_on_a_group_route(server: Server) -> None:
     first = await submit(server, "/groups/cached", tasks, cache="miss")
     done = await status(server, "/groups/cached", first["group_id"], wait=WAIT)
     assert done["results"] == [0, 2, 4, 6, 8] and g.runs(c) == 5
-    keys = {cache_key("groups.count", [], t).encode() for t in tasks}
+    keys = {cache_key("groups.count", [], t) for t in tasks}
     await until(lambda: keys <= cache_keys(), 10, "the members' results cached")
     # The same batch again: every member from the cache, none sent, all SUCCESS at once.
     second = await submit(server, "/groups/cached", tasks, cache="hit")
@@ -429,7 +431,7 @@ async def test_a_large_group_on_a_cached_route(server: Server) -> None:
     first = await submit(server, "/groups/cached", tasks, cache="miss")
     done = await status(server, "/groups/cached", first["group_id"], wait=WAIT)
     assert done["results"] == [2 * i for i in range(400)] and g.runs(c) == 400
-    keys = {cache_key("groups.count", [], t).encode() for t in tasks}
+    keys = {cache_key("groups.count", [], t) for t in tasks}
     await until(lambda: keys <= cache_keys(), 10, "all 400 results cached")
     second = await submit(server, "/groups/cached", tasks, cache="hit")
     now = await status(server, "/groups/cached", second["group_id"])
@@ -548,7 +550,7 @@ async def test_a_sound_body_on_the_idle_route_is_counted(server: Server) -> None
     purge(g.IDLE_QUEUE)
     sent = await submit(server, "/groups/idle", [[1], {"counter": "x", "x": 2}] + [[3]] * 3)
     assert await asyncio.to_thread(queue_depth, g.IDLE_QUEUE) == 5
-    assert f"{g.KEYPREFIX}celery-taskset-meta-{sent['group_id']}".encode() in group_keys()
+    assert g.app.backend.get_key_for_group(sent["group_id"]) in group_keys()
     purge(g.IDLE_QUEUE)
 
 

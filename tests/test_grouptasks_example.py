@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import Celery
 
-from tcelery_req_handler.cache import ResultCache
 from tests import group_app
 from tests.workers import ROOT, CeleryWorker
 
@@ -141,8 +141,16 @@ def parse_sse(text: str) -> tuple[int | None, list[tuple[str, Any]]]:
 
 
 def cache_keys_for(body: str) -> set[bytes]:
-    return {f"{KEYPREFIX}tcelery-cache-{ResultCache.key('grouptasks.add', [], item)}".encode()
-            for item in json.loads(body)["tasks"]}
+    """The keys the example caches the batch's results under, derived (as the library does)
+    from a Redis backend with the example's ``global_keyprefix``: Celery 5.3/5.4 put ``_``
+    after it, 5.5+ not after one ending in ``:``."""
+    like_the_example = Celery(backend=group_app.REDIS_URL, set_as_current=False)
+    like_the_example.conf.result_backend_transport_options = {"global_keyprefix": KEYPREFIX}
+    try:
+        return {group_app.cache_key("grouptasks.add", [], item, like_the_example)
+                for item in json.loads(body)["tasks"]}
+    finally:
+        like_the_example.close()
 
 
 def accepts(port: int) -> bool:
@@ -275,7 +283,7 @@ def test_the_same_batch_again_comes_from_the_cache(example: Example,
     first = seed_run["created"]
     keys = cache_keys_for(SEED_BODY)
     deadline = time.monotonic() + 10
-    while not keys <= set(group_app.redis_client().scan_iter(match=f"{KEYPREFIX}tcelery-*")):
+    while not keys <= set(group_app.redis_client().scan_iter(match=f"{KEYPREFIX}*")):
         assert time.monotonic() < deadline, "the seed's four results never cached"
         time.sleep(0.05)
     again = post_seed(example)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
@@ -345,8 +346,13 @@ async def test_a_custom_handler_reads_the_body_and_body_arguments(producer: Prod
 
 
 def _signature_error(response: Any, task: str, detail: str,
-                     argument: str | None) -> None:
+                     argument: str | None, *, suggestion: str | None = None) -> None:
+    """``detail`` is Python's TypeError text. Python >= 3.13 adds ". Did you mean 'x'?" to
+    an unexpected keyword close to a parameter's name: ``suggestion`` is that name, expected
+    exactly there (and nowhere before 3.13)."""
     error = error_of(response, 400)["error"]
+    if suggestion is not None and sys.version_info >= (3, 13):
+        detail = f"{detail}. Did you mean {suggestion!r}?"
     expected = {"type": "BadRequest",
                 "message": f"task {task} cannot take these arguments: {detail}"}
     if argument is not None:
@@ -421,7 +427,8 @@ async def test_a_task_name_of_an_app_not_yet_finalized_is_checked(
     try:
         response = await srv.fetch("/by-name", "POST", b'{"paths": "x"}', JSON)
         _signature_error(response, "tests.worker_app.touch",
-                         "got an unexpected keyword argument 'paths'", "paths")
+                         "got an unexpected keyword argument 'paths'", "paths",
+                         suggestion="path")
         target = tmp_path / "by-name"
         response = await srv.fetch("/by-name", "POST", json.dumps({"path": str(target)}), JSON)
         assert body_of(response) == str(target) and target.exists()
