@@ -524,6 +524,7 @@ async def test_revoke_on_timeout_sends_with_expires_the_timeout(
         assert properties.headers["expires"] is None and properties.expiration is None
     finally:
         channel.queue_delete(queue)
+        channel.exchange_delete(queue)  # the producer declared Celery's exchange of that name
         conn.close()
         srv.close()
 
