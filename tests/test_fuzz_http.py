@@ -86,6 +86,7 @@ from urllib.parse import parse_qsl, quote, quote_from_bytes, quote_plus, unquote
 
 import psutil
 import pytest
+import tornado
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
@@ -112,12 +113,16 @@ RSS_GROWTH_BOUND = 8 * MiB
 
 KNOWN_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")  # tornado's
 MAY_CLOSE = frozenset({400, 404, 405, 413})  # answers tornado may give before the body
+#: Tornado parses the body of a request to an unknown path itself, before the 404 handler:
+#: 6.5 answers a broken multipart body 400; before 6.5 it only logged it, and the 404 stands.
+TORNADO_REFUSES_BROKEN_FORMS = tornado.version_info >= (6, 5)
+INVALID_BODY = "400-invalid-body" if TORNADO_REFUSES_BROKEN_FORMS else "404-invalid-body"
 KINDS = frozenset({  # the oracle's categories of answers
     "200", "202", "404", "405-unknown-verb", "405-unmapped", "413-length", "413-chunked",
     "400-path-utf8", "400-query-utf8", "400-form-utf8", "400-json-utf8", "400-json-deep",
     "400-json-constant", "400-json-overflow", "400-json-number", "400-self",
     "400-json-malformed", "400-json-not-object", "400-form-malformed", "400-file-upload",
-    "400-conflict", "400-fixed", "415", "500-ValueError", "500-TypeError", "400-invalid-body",
+    "400-conflict", "400-fixed", "415", "500-ValueError", "500-TypeError", INVALID_BODY,
     "400-signature", "204-options", "200-head", "405-head"})
 
 
@@ -679,7 +684,9 @@ def _expect(req: Req) -> Expected:
         # form body before it runs, and answers a broken multipart body with a (JSON) 400.
         if (req.content_type or "").startswith("multipart/form-data") and (
                 req.multipart is None or req.multipart.defect):
-            raise bad_request("400-invalid-body", "Invalid body")
+            if not TORNADO_REFUSES_BROKEN_FORMS:
+                return Expected(404, INVALID_BODY, "NotFound", "no route matches")
+            raise bad_request(INVALID_BODY, "Invalid body")
         return Expected(404, "404", "NotFound", "no route matches")
     route, match = found
     if req.method not in KNOWN_METHODS:
