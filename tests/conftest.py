@@ -103,9 +103,5 @@ def workers() -> Iterator[dict[str, CeleryWorker]]:
 
 @pytest.fixture
 async def producer(workers: dict[str, CeleryWorker]) -> AsyncIterator[Producer]:
-    p = Producer(worker_app.app, result_timeout=20)
-    await p.connect()
-    try:
+    async with Producer(worker_app.app, result_timeout=20) as p:  # connected, closed after
         yield p
-    finally:
-        await p.close()

@@ -277,6 +277,21 @@ async def test_result_stored_before_anyone_subscribed_is_read_at_once(
                      "the server holds no subscription of it")
 
 
+async def _recovered(producer: Producer, source: RedisSource, result: TaskResult,
+                     value: str, reconnects_before: int, direct: redis.Redis) -> None:
+    """After the link is back: the wait gets the value stored meanwhile (from the MGET after
+    re-subscribing), the source counted one reconnect and is up (a new wait is accepted at
+    once), and no channel stays subscribed."""
+    key = source.key(result.task_id)
+    assert await result.get(timeout=10) == value
+    assert source.healthy and source.reconnects == reconnects_before + 1
+    again = await producer.send_task(ADD, [2, 2])
+    assert await again.get(timeout=15) == 4
+    assert source.describe()["watched"] == 0
+    await eventually(lambda: _numsub(direct, [key, source.key(again.task_id)]) == [0, 0], 5,
+                     "the channel read by the MGET is unsubscribed too")
+
+
 # -- 2. states stored while the producer's link was down -------------------------------------
 async def test_success_stored_during_a_cut_is_read_after_the_reconnect(
         make_producer: MakeProducer, redis_proxy: TcpProxy, direct: redis.Redis) -> None:
@@ -300,14 +315,7 @@ async def test_success_stored_during_a_cut_is_read_after_the_reconnect(
     assert time.monotonic() - cut_at < 4.0, "too slow to stay within connect_timeout"
     redis_proxy.restore()
 
-    assert await result.get(timeout=10) == "after-the-cut"  # from the MGET after re-subscribe
-    # the wait is woken once the source is up again: a new wait right now is accepted
-    assert source.healthy and source.reconnects == before + 1
-    again = await producer.send_task(ADD, [1, 1])
-    assert await again.get(timeout=15) == 2
-    assert source.describe()["watched"] == 0
-    await eventually(lambda: _numsub(direct, [key, source.key(again.task_id)]) == [0, 0], 5,
-                     "the channel read by the MGET is unsubscribed too")
+    await _recovered(producer, source, result, "after-the-cut", before, direct)
 
 
 async def test_success_stored_during_a_silent_partition_is_read_after_it(
@@ -333,13 +341,7 @@ async def test_success_stored_during_a_silent_partition_is_read_after_it(
                      "two silent ticks mark the connection dead")
     redis_proxy.restore()
 
-    assert await result.get(timeout=10) == "after-the-freeze"
-    assert source.healthy and source.reconnects == before + 1
-    again = await producer.send_task(ADD, [2, 2])
-    assert await again.get(timeout=15) == 4
-    assert source.describe()["watched"] == 0
-    await eventually(lambda: _numsub(direct, [key, source.key(again.task_id)]) == [0, 0], 5,
-                     "the channel read by the MGET is unsubscribed too")
+    await _recovered(producer, source, result, "after-the-freeze", before, direct)
 
 
 # -- 3. Redis itself stopped in the middle of waits -------------------------------------------

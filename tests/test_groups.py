@@ -54,12 +54,8 @@ def group_worker() -> Iterator[CeleryWorker]:
 
 @pytest.fixture
 async def prod(group_worker: CeleryWorker) -> AsyncIterator[Producer]:
-    producer = Producer(g.app, result_timeout=20)
-    await producer.connect()
-    try:
+    async with Producer(g.app, result_timeout=20) as producer:  # connected, closed after
         yield producer
-    finally:
-        await producer.close()
 
 
 @pytest.fixture

@@ -68,12 +68,8 @@ def backend(request: pytest.FixtureRequest, pool: BackendPool) -> Backend:
 
 @pytest.fixture
 async def prod(backend: Backend) -> AsyncIterator[Producer]:
-    producer = backend.producer()
-    await producer.connect()
-    try:
+    async with backend.producer() as producer:  # connected, closed after
         yield producer
-    finally:
-        await producer.close()
 
 
 @pytest.fixture

@@ -67,12 +67,8 @@ def tracing_worker() -> Iterator[Path]:
 
 @pytest.fixture
 async def tproducer(tracing_worker: Path) -> AsyncIterator[Producer]:
-    p = Producer(t.app, result_timeout=20)
-    await p.connect()
-    try:
+    async with Producer(t.app, result_timeout=20) as p:  # connected, closed after
         yield p
-    finally:
-        await p.close()
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
